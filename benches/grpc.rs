@@ -1,0 +1,247 @@
+//! Cached GetMetrics over loopback, and `ebb serve`'s memory.
+//!
+//! Run: `cargo bench --bench grpc` (builds `ebb` in release mode first).
+//!
+//! The bench starts a Prometheus-shaped HTTP endpoint on 127.0.0.1 (it answers every query
+//! with one sample, so the bench needs nothing installed), runs `ebb serve` as a child
+//! process against it, and then:
+//! 1. reads the child's RSS while idle;
+//! 2. drives GetMetrics for one warm ScaledObject in a closed loop at 1, 16 and 64
+//!    concurrent requests over 4 HTTP/2 connections, reporting RPC/s and p50/p99/max;
+//! 3. registers 10,000 ScaledObjects over 1,000 distinct sources (GetMetricSpec, GetMetrics,
+//!    IsActive each), waits for the sources to settle, and reads RSS again.
+//!
+//! Environment: `EBB_BENCH_SECONDS` (per concurrency level, default 5),
+//! `EBB_BENCH_SCALEDOBJECTS` (default 10000), `EBB_BENCH_SOURCES` (default 1000).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use ebb::proto::external_scaler_client::ExternalScalerClient;
+use ebb::proto::{GetMetricsRequest, ScaledObjectRef};
+use tonic::transport::Channel;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A Prometheus-shaped `/api/v1/query` that answers one sample and counts queries.
+async fn fake_prometheus() -> (SocketAddr, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let app = Router::new()
+        .route(
+            "/api/v1/query",
+            get(|State(c): State<Arc<AtomicU64>>, Query(_q): Query<HashMap<String, String>>| async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+                format!(
+                    r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[{now:.3},"42"]}}]}}}}"#
+                )
+            }),
+        )
+        .with_state(count.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, count)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Ebb(Child);
+impl Drop for Ebb {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn so_ref(name: &str, prom: SocketAddr, query: &str) -> ScaledObjectRef {
+    let md: HashMap<String, String> = [
+        ("scalerType", "prometheus".to_string()),
+        ("serverAddress", format!("http://{prom}")),
+        ("query", query.to_string()),
+        ("threshold", "10".to_string()),
+        ("pollingInterval", "5".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    ScaledObjectRef { name: name.to_string(), namespace: "bench".to_string(), scaler_metadata: md }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn closed_loop(
+    channels: &[Channel],
+    req: GetMetricsRequest,
+    concurrency: usize,
+    secs: u64,
+) -> (f64, Vec<Duration>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for i in 0..concurrency {
+        let mut client = ExternalScalerClient::new(channels[i % channels.len()].clone());
+        let req = req.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(200_000);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let r = client.get_metrics(req.clone()).await;
+                lat.push(t.elapsed());
+                assert!(r.is_ok(), "GetMetrics failed: {r:?}");
+            }
+            lat
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let took = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    (all.len() as f64 / took, all)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not, and then a short
+    // smoke run checks that the bench still works.
+    let full = std::env::args().any(|a| a == "--bench");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(run(full));
+}
+
+async fn run(full: bool) {
+    let (secs, n_so, n_src, settle) = if full {
+        (
+            env_or("EBB_BENCH_SECONDS", 5),
+            env_or("EBB_BENCH_SCALEDOBJECTS", 10_000) as usize,
+            env_or("EBB_BENCH_SOURCES", 1_000).max(1) as usize,
+            Duration::from_secs(11),
+        )
+    } else {
+        (1, 200, 20, Duration::from_secs(1))
+    };
+    let (prom, queries) = fake_prometheus().await;
+    let grpc_port = free_port();
+    let http_port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc_port}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning ebb serve");
+    let ebb = Ebb(child);
+    let pid = ebb.0.id();
+
+    let endpoint = format!("http://127.0.0.1:{grpc_port}");
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        let mut attempt = 0;
+        let ch = loop {
+            match Channel::from_shared(endpoint.clone()).unwrap().tcp_nodelay(true).connect().await {
+                Ok(c) => break c,
+                Err(_) if attempt < 50 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot connect to ebb: {e}"),
+            }
+        };
+        channels.push(ch);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = rss_mib(pid);
+
+    let warm = so_ref("warm", prom, "sum(queue_depth)");
+    let req = GetMetricsRequest { scaled_object_ref: Some(warm), metric_name: String::new() };
+    // Warm up: the first call waits for the first poll; then a short unmeasured burst.
+    ExternalScalerClient::new(channels[0].clone()).get_metrics(req.clone()).await.expect("first GetMetrics");
+    closed_loop(&channels, req.clone(), 16, 1).await;
+
+    let cpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!("machine: {cpu} cores; ebb pid {pid}; {secs} s per level, 4 HTTP/2 connections");
+    println!("{:<12} {:>10} {:>10} {:>10} {:>10}", "concurrency", "rpc/s", "p50", "p99", "max");
+    let mut json_levels = Vec::new();
+    for c in [1usize, 16, 64] {
+        let (rps, lat) = closed_loop(&channels, req.clone(), c, secs).await;
+        let (p50, p99, max) = (percentile(&lat, 0.5), percentile(&lat, 0.99), *lat.last().unwrap());
+        println!("{c:<12} {rps:>10.0} {:>10.3?} {:>10.3?} {:>10.3?}", p50, p99, max);
+        json_levels.push(serde_json::json!({
+            "concurrency": c, "rps": rps.round(),
+            "p50_us": p50.as_micros(), "p99_us": p99.as_micros(), "max_us": max.as_micros()
+        }));
+    }
+
+    // Register many ScaledObjects over many sources, as KEDA's first poll cycle would.
+    let before = queries.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let per_task = n_so.div_ceil(64);
+    let mut tasks = Vec::new();
+    for w in 0..64 {
+        let ch = channels[w % channels.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = ExternalScalerClient::new(ch);
+            for i in (w * per_task)..((w + 1) * per_task).min(n_so) {
+                let r = so_ref(&format!("so-{i}"), prom, &format!("sum(queue_depth{{q=\"{}\"}})", i % n_src));
+                client.get_metric_spec(r.clone()).await.expect("GetMetricSpec");
+                let m = GetMetricsRequest { scaled_object_ref: Some(r.clone()), metric_name: String::new() };
+                client.get_metrics(m).await.expect("GetMetrics");
+                client.is_active(r).await.expect("IsActive");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let register_took = started.elapsed();
+    // Let every source poll a couple of times more.
+    tokio::time::sleep(settle).await;
+    let loaded_rss = rss_mib(pid);
+    let polls = queries.load(Ordering::Relaxed) - before;
+    println!(
+        "RSS idle {idle_rss:.1} MiB; with {n_so} ScaledObjects over {n_src} sources {loaded_rss:.1} MiB \
+         (registered in {register_took:.1?}; {polls} upstream queries meanwhile)"
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "levels": json_levels, "idle_rss_mib": idle_rss, "loaded_rss_mib": loaded_rss,
+            "scaledobjects": n_so, "sources": n_src, "upstream_queries": polls
+        })
+    );
+}

@@ -1,0 +1,155 @@
+//! ebb's event sources.
+//!
+//! # Layout
+//! - [`metadata`]: KEDA's metadata lookup rules (`<key>FromEnv`, trimming, typed values) and
+//!   [`ConfigError`]s that name the key at fault.
+//! - [`registry`]: KEDA trigger type names (`scalerType` metadata) → parsers.
+//! - one module per source: [`prometheus`].
+//!
+//! A source module parses the metadata into a typed config (no I/O) that implements
+//! [`Scaler`]. The config names its [`SourceKey`] (what is polled, without secrets); the
+//! engine builds one [`Poller`] per distinct key and shares its [`Measurement`]s across every
+//! trigger with that key, each trigger applying its own thresholds through
+//! [`Scaler::evaluate`]. Nothing here knows about gRPC, HTTP serving or KEDA's RPC schedule.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod metadata;
+pub mod prometheus;
+pub mod registry;
+
+pub use metadata::{ConfigError, ConfigErrors, Metadata};
+pub use registry::parse;
+
+/// Identity of what is polled: two triggers with equal keys share one poll. Built from the
+/// endpoint, the query or entity and a fingerprint of the credentials, never a secret itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey(pub String);
+
+impl fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What one poll of a source saw: the raw figures, before any trigger's thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Measurement {
+    /// A single sample (Prometheus query result).
+    Value(f64),
+}
+
+/// A measurement read through one trigger's thresholds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// The value KEDA's built-in scaler would report to the HPA.
+    pub metric: f64,
+    /// KEDA's activation rule for this trigger (strictly `value > activationX`).
+    pub active: bool,
+}
+
+/// Why a poll failed. `Display` never carries a secret: upstream bodies are cut short and
+/// credentials are never part of a message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PollError {
+    /// The source did not answer within the poll timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// No connection could be made (refused, DNS, TLS handshake).
+    #[error("cannot reach source: {0}")]
+    Connect(String),
+    /// The source rejected the credentials (HTTP 401/403).
+    #[error("authentication failed (HTTP {status}): {detail}")]
+    Auth { status: u16, detail: String },
+    /// The queried entity does not exist (HTTP 404, unknown queue).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The source asked us to slow down (HTTP 429/503, Service Bus without CountDetails).
+    #[error("throttled by source: {detail}")]
+    Throttled { detail: String, retry_after: Option<Duration> },
+    /// Any other non-success HTTP status.
+    #[error("source answered HTTP {status}: {detail}")]
+    Http { status: u16, detail: String },
+    /// The answer could not be parsed.
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    /// The answer parsed but breaks a rule of the scaler (for example a Prometheus query
+    /// that returned several series).
+    #[error("{0}")]
+    Rejected(String),
+    /// A credential could not be obtained (managed identity, workload identity).
+    #[error("cannot get credential: {0}")]
+    Credential(String),
+}
+
+impl PollError {
+    /// Bounded label for metrics (`ebb_poll_errors_total{kind=…}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PollError::Timeout(_) => "timeout",
+            PollError::Connect(_) => "connect",
+            PollError::Auth { .. } => "auth",
+            PollError::NotFound(_) => "not_found",
+            PollError::Throttled { .. } => "throttled",
+            PollError::Http { .. } => "http",
+            PollError::Malformed(_) => "malformed",
+            PollError::Rejected(_) => "rejected",
+            PollError::Credential(_) => "credential",
+        }
+    }
+
+    /// Throttling answers make the engine back off longer.
+    pub fn is_throttling(&self) -> bool {
+        matches!(self, PollError::Throttled { .. })
+    }
+}
+
+/// Cuts an upstream body to a short, single-line excerpt for error messages.
+pub fn excerpt(body: &str) -> String {
+    const MAX: usize = 200;
+    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= MAX {
+        one_line
+    } else {
+        let cut: String = one_line.chars().take(MAX).collect();
+        format!("{cut}…")
+    }
+}
+
+/// One polled source. Built once per distinct [`SourceKey`]; `poll` is called by the engine's
+/// task for that source and must return within its own timeout.
+#[async_trait::async_trait]
+pub trait Poller: Send + Sync {
+    async fn poll(&self) -> Result<Measurement, PollError>;
+}
+
+/// A parsed trigger: KEDA's typed config for one scaler type.
+pub trait Scaler: Send + Sync + fmt::Debug {
+    /// KEDA trigger type name (`"prometheus"`).
+    fn scaler_type(&self) -> &'static str;
+    /// What is polled; triggers with equal keys share one [`Poller`].
+    fn source_key(&self) -> &SourceKey;
+    /// The HPA target (`threshold`, `queueLength`, …). Always > 0.
+    fn target(&self) -> f64;
+    /// The longest a poll may take before it fails with [`PollError::Timeout`].
+    fn poll_timeout(&self) -> Duration;
+    /// Applies this trigger's formula and activation threshold to a shared measurement.
+    fn evaluate(&self, m: &Measurement) -> Evaluation;
+    /// Builds the I/O client for this trigger's source. Called once per new source key.
+    fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_is_short_and_single_line() {
+        let long = "a\nb ".repeat(300);
+        let e = excerpt(&long);
+        assert!(!e.contains('\n'));
+        assert!(e.chars().count() <= 201);
+    }
+}

@@ -1,0 +1,126 @@
+//! `ebb check key=value …`: parse a trigger's metadata as `serve` would, poll the source
+//! once, and print the metric, the activity and the desired replicas.
+
+use std::collections::HashMap;
+
+use ebb_scalers::Metadata;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::engine::decision::{self, DecisionState};
+use crate::engine::policy::{self, OutputMode};
+use crate::engine::{EngineError, trigger};
+
+/// What one check saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub scaler_type: &'static str,
+    pub source: String,
+    pub metric_name: String,
+    pub target: f64,
+    pub output_mode: &'static str,
+    /// The value GetMetrics would serve.
+    pub metric: f64,
+    pub active: bool,
+    pub desired_replicas: u32,
+    pub poll_ms: f64,
+}
+
+/// Why a check failed; bad metadata and a failed poll exit with different codes.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Metadata(#[from] EngineError),
+    #[error("{scaler} poll failed: {error}")]
+    Poll { scaler: &'static str, error: ebb_scalers::PollError },
+}
+
+impl CheckError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CheckError::Metadata(_) => 2,
+            CheckError::Poll { .. } => 1,
+        }
+    }
+}
+
+/// Splits `key=value` arguments into a metadata map.
+pub fn parse_pairs(args: &[String]) -> Result<HashMap<String, String>, String> {
+    args.iter()
+        .map(|a| {
+            a.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("argument {a:?} is not key=value"))
+        })
+        .collect()
+}
+
+/// Parses, polls once and decides. A single observation cannot show a cooldown, so in
+/// `replicas` mode an idle source reports 1 replica, exactly as a freshly started server would.
+pub async fn run(metadata: &HashMap<String, String>) -> Result<CheckReport, CheckError> {
+    let scaler = ebb_scalers::parse(metadata).map_err(EngineError::from)?;
+    let options = policy::parse(&Metadata::new(metadata), scaler.target()).map_err(EngineError::from)?;
+    let poller = scaler.poller().map_err(EngineError::from)?;
+    let started = Instant::now();
+    let m = poller.poll().await.map_err(|error| CheckError::Poll { scaler: scaler.scaler_type(), error })?;
+    let poll_ms = started.elapsed().as_secs_f64() * 1e3;
+    let now = Instant::now();
+    let mut state = DecisionState::new();
+    decision::observe(&mut state, &options.policy, scaler.evaluate(&m), now);
+    let d = decision::decide(&state, &options.policy, now).expect("one observation was folded");
+    let target = match options.policy.output_mode {
+        OutputMode::Metric => scaler.target(),
+        OutputMode::Replicas => 1.0,
+    };
+    Ok(CheckReport {
+        scaler_type: scaler.scaler_type(),
+        source: scaler.source_key().to_string(),
+        metric_name: options
+            .metric_name
+            .clone()
+            .unwrap_or_else(|| trigger::default_metric_name(scaler.scaler_type(), metadata)),
+        target,
+        output_mode: match options.policy.output_mode {
+            OutputMode::Metric => "metric",
+            OutputMode::Replicas => "replicas",
+        },
+        metric: d.metric,
+        active: d.active,
+        desired_replicas: d.desired_replicas,
+        poll_ms,
+    })
+}
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "scaler            {}", self.scaler_type)?;
+        writeln!(f, "source            {}", self.source)?;
+        writeln!(f, "metric name       {}", self.metric_name)?;
+        writeln!(f, "output mode       {} (target {})", self.output_mode, self.target)?;
+        writeln!(f, "metric            {}", self.metric)?;
+        writeln!(f, "active            {}", self.active)?;
+        writeln!(f, "desired replicas  {}", self.desired_replicas)?;
+        write!(f, "poll took         {:.1} ms", self.poll_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_need_an_equals_sign() {
+        let args = vec!["scalerType=prometheus".to_string(), "query=a=b".to_string()];
+        let m = parse_pairs(&args).unwrap();
+        assert_eq!(m["query"], "a=b");
+        assert!(parse_pairs(&["nope".to_string()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn bad_metadata_exits_2_naming_the_key() {
+        let m = parse_pairs(&["scalerType=prometheus".to_string()]).unwrap();
+        let e = run(&m).await.unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("serverAddress"), "{e}");
+    }
+}

@@ -1,0 +1,341 @@
+//! Decisions: pure functions of a trigger's observation history and an injected `now`.
+//!
+//! [`observe`] folds one evaluation (taken at the time of the poll that produced it) into the
+//! trigger's [`DecisionState`]; [`decide`] reads the state at any `now`. Neither reads a
+//! clock, so tests step time by hand, and every server replica that saw the same polls
+//! reaches the same answer (KEDA round-robins its calls across replicas).
+//!
+//! Rules, for `outputMode: replicas`:
+//! - recommendation per observation: `ceil(metric / target)` when active, clamped to
+//!   `[max(minReplicaCount, 1), maxReplicaCount]` (HPA never goes below 1 on its own);
+//! - scale-down stabilization: the highest recommendation within the window wins, so scale-up
+//!   is immediate and scale-down waits (HPA's `behavior.scaleDown.stabilizationWindowSeconds`);
+//! - `maxScaleUpStep`: at most that many replicas more than the decision at the previous
+//!   observation (the first observation has no base and is not limited: a restarted replica
+//!   must not scale a busy workload down);
+//! - zero only when `minReplicaCount` is 0, the latest observation is inactive, and no
+//!   activity was seen for `cooldownPeriod` (KEDA: `lastActiveTime + cooldownPeriod < now`).
+//!   With no activity ever seen, the time is counted from this replica's first observation,
+//!   so a replica that just started never decides zero early.
+//!
+//! For `outputMode: metric` the metric and activity are KEDA's own (HPA and KEDA do the rest);
+//! the desired count is still computed, for `/metrics` and `ebb check`.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use ebb_scalers::Evaluation;
+use tokio::time::Instant;
+
+use super::policy::{OutputMode, Policy};
+
+/// What a trigger answers right now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// The value GetMetrics reports: the metric (`metric` mode) or the desired replicas.
+    pub metric: f64,
+    /// What IsActive reports.
+    pub active: bool,
+    /// ebb's desired replica count.
+    pub desired_replicas: u32,
+}
+
+/// A trigger's observation history, reduced to what the rules need.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionState {
+    first_seen: Option<Instant>,
+    last_active: Option<Instant>,
+    latest: Option<(Instant, Evaluation)>,
+    /// Recommendations inside the stabilization window, kept as a monotonic queue: values
+    /// strictly decrease from front to back, so the front is the window's maximum.
+    recommendations: VecDeque<(Instant, u32)>,
+    /// The decision at the previous observation, the base for `maxScaleUpStep`.
+    previous_desired: Option<u32>,
+    last_desired: Option<u32>,
+}
+
+impl DecisionState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The evaluation of the latest observation, if any.
+    pub fn latest(&self) -> Option<Evaluation> {
+        self.latest.map(|(_, e)| e)
+    }
+}
+
+/// Folds an evaluation taken at `at` into the state.
+pub fn observe(state: &mut DecisionState, policy: &Policy, eval: Evaluation, at: Instant) {
+    state.first_seen.get_or_insert(at);
+    if eval.active {
+        state.last_active = Some(at);
+    }
+    state.latest = Some((at, eval));
+
+    let rec = recommendation(policy, eval);
+    while state.recommendations.back().is_some_and(|&(_, r)| r <= rec) {
+        state.recommendations.pop_back();
+    }
+    state.recommendations.push_back((at, rec));
+    prune(&mut state.recommendations, policy.scale_down_stabilization, at);
+
+    state.previous_desired = state.last_desired;
+    state.last_desired = Some(desired_replicas(state, policy, at));
+}
+
+/// The decision at `now`; `None` before the first observation.
+pub fn decide(state: &DecisionState, policy: &Policy, now: Instant) -> Option<Decision> {
+    let (_, eval) = state.latest?;
+    let desired = desired_replicas(state, policy, now);
+    Some(match policy.output_mode {
+        OutputMode::Metric => {
+            Decision { metric: sanitize(eval.metric), active: eval.active, desired_replicas: desired }
+        }
+        OutputMode::Replicas => Decision { metric: f64::from(desired), active: desired > 0, desired_replicas: desired },
+    })
+}
+
+/// `ceil(metric / target)` for an active observation, within `[max(min, 1), max]`.
+fn recommendation(policy: &Policy, eval: Evaluation) -> u32 {
+    let floor = policy.min_replicas.max(1).min(policy.max_replicas);
+    if !eval.active {
+        return floor;
+    }
+    let ratio = (sanitize(eval.metric) / policy.target).ceil();
+    // The float-to-int cast saturates, so huge metrics cannot wrap.
+    (ratio as u32).clamp(floor, policy.max_replicas)
+}
+
+fn desired_replicas(state: &DecisionState, policy: &Policy, now: Instant) -> u32 {
+    let Some((_, latest)) = state.latest else { return 0 };
+    if policy.min_replicas == 0 && !latest.active {
+        let quiet_since = state.last_active.or(state.first_seen).unwrap_or(now);
+        if now.saturating_duration_since(quiet_since) >= policy.cooldown {
+            return 0;
+        }
+    }
+    let window_start = now.checked_sub(policy.scale_down_stabilization);
+    let stabilized = state
+        .recommendations
+        .iter()
+        .filter(|(t, _)| window_start.is_none_or(|w| *t >= w))
+        .map(|&(_, r)| r)
+        .max()
+        // The latest recommendation always counts, whatever the window.
+        .unwrap_or_else(|| recommendation(policy, latest));
+    let mut desired = stabilized;
+    if let (Some(step), Some(prev)) = (policy.max_scale_up_step, state.previous_desired) {
+        desired = desired.min(prev.saturating_add(step));
+    }
+    desired.min(policy.max_replicas)
+}
+
+/// Drops recommendations older than the window, keeping the latest.
+fn prune(q: &mut VecDeque<(Instant, u32)>, window: Duration, now: Instant) {
+    let Some(start) = now.checked_sub(window) else { return };
+    while q.len() > 1 && q.front().is_some_and(|&(t, _)| t < start) {
+        q.pop_front();
+    }
+}
+
+/// NaN and negative metrics reach the HPA as 0 (KEDA ≥ 2.20 clamps them the same way).
+fn sanitize(v: f64) -> f64 {
+    if v.is_finite() && v > 0.0 { v } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn replicas_policy() -> Policy {
+        Policy {
+            output_mode: OutputMode::Replicas,
+            target: 10.0,
+            min_replicas: 0,
+            max_replicas: 100,
+            max_scale_up_step: None,
+            scale_down_stabilization: Duration::ZERO,
+            cooldown: secs(60),
+        }
+    }
+
+    fn ev(metric: f64, activation: f64) -> Evaluation {
+        Evaluation { metric, active: metric > activation }
+    }
+
+    /// Feeds `(seconds since t0, metric)` observations with activation threshold 0.
+    fn run(policy: &Policy, t0: Instant, obs: &[(u64, f64)]) -> DecisionState {
+        let mut s = DecisionState::new();
+        for &(t, m) in obs {
+            observe(&mut s, policy, ev(m, 0.0), t0 + secs(t));
+        }
+        s
+    }
+
+    #[test]
+    fn no_decision_before_first_observation() {
+        assert_eq!(decide(&DecisionState::new(), &replicas_policy(), Instant::now()), None);
+    }
+
+    #[test]
+    fn activation_is_strictly_greater_than() {
+        // reference/keda.md §3: "activation is strictly greater than (value > activationX)".
+        let p = Policy::metric(10.0);
+        let t0 = Instant::now();
+        for (value, activation, want) in [(5.0, 5.0, false), (5.1, 5.0, true), (0.0, 0.0, false), (-1.0, -2.0, true)] {
+            let mut s = DecisionState::new();
+            observe(&mut s, &p, ev(value, activation), t0);
+            assert_eq!(decide(&s, &p, t0).unwrap().active, want, "{value} > {activation}");
+        }
+    }
+
+    #[test]
+    fn metric_mode_reports_keda_metric_and_activity() {
+        // reference/keda.md §4.4: in metric mode HPA computes ceil(metric / target) itself.
+        let p = Policy::metric(10.0);
+        let t0 = Instant::now();
+        let s = run(&p, t0, &[(0, 42.0)]);
+        let d = decide(&s, &p, t0).unwrap();
+        assert_eq!((d.metric, d.active, d.desired_replicas), (42.0, true, 5));
+        // Activation has priority: value 40 under activation 50 is inactive (keda.md §4.4).
+        let mut s = DecisionState::new();
+        observe(&mut s, &p, ev(40.0, 50.0), t0);
+        assert!(!decide(&s, &p, t0).unwrap().active);
+    }
+
+    #[test]
+    fn negative_and_nan_metrics_report_zero() {
+        // KEDA ≥ 2.20 quantityFromFloat64: NaN/Inf/negative → 0.
+        let p = Policy::metric(10.0);
+        let t0 = Instant::now();
+        for m in [-5.0, f64::NAN, f64::INFINITY] {
+            let mut s = DecisionState::new();
+            observe(&mut s, &p, Evaluation { metric: m, active: false }, t0);
+            assert_eq!(decide(&s, &p, t0).unwrap().metric, 0.0, "{m}");
+        }
+    }
+
+    #[test]
+    fn replicas_is_ceil_of_metric_over_target_clamped() {
+        let mut p = replicas_policy();
+        p.min_replicas = 2;
+        p.max_replicas = 7;
+        let t0 = Instant::now();
+        for (metric, want) in [(1.0, 2), (25.0, 3), (30.0, 3), (30.5, 4), (1e30, 7)] {
+            let s = run(&p, t0, &[(0, metric)]);
+            let d = decide(&s, &p, t0).unwrap();
+            assert_eq!(d.desired_replicas, want, "{metric}");
+            assert_eq!(d.metric, f64::from(want));
+            assert!(d.active);
+        }
+    }
+
+    #[test]
+    fn max_scale_up_step_limits_growth_per_observation() {
+        let mut p = replicas_policy();
+        p.max_scale_up_step = Some(3);
+        let t0 = Instant::now();
+        let mut s = DecisionState::new();
+        let mut seen = vec![];
+        for (t, m) in [(0, 10.0), (1, 200.0), (2, 200.0), (3, 200.0), (4, 200.0)] {
+            observe(&mut s, &p, ev(m, 0.0), t0 + secs(t));
+            seen.push(decide(&s, &p, t0 + secs(t)).unwrap().desired_replicas);
+        }
+        assert_eq!(seen, vec![1, 4, 7, 10, 13]);
+    }
+
+    #[test]
+    fn first_observation_is_not_step_limited() {
+        // A replica that just started has no previous decision: limiting it would scale a busy
+        // workload down on every ebb restart, so the first decision is the plain formula.
+        let mut p = replicas_policy();
+        p.max_scale_up_step = Some(3);
+        let t0 = Instant::now();
+        let s = run(&p, t0, &[(0, 200.0)]);
+        assert_eq!(decide(&s, &p, t0).unwrap().desired_replicas, 20);
+    }
+
+    #[test]
+    fn scale_down_waits_for_the_stabilization_window() {
+        let mut p = replicas_policy();
+        p.scale_down_stabilization = secs(30);
+        let t0 = Instant::now();
+        let s = run(&p, t0, &[(0, 80.0), (10, 20.0)]);
+        assert_eq!(decide(&s, &p, t0 + secs(10)).unwrap().desired_replicas, 8, "held inside window");
+        assert_eq!(decide(&s, &p, t0 + secs(29)).unwrap().desired_replicas, 8);
+        assert_eq!(decide(&s, &p, t0 + secs(31)).unwrap().desired_replicas, 2, "window passed");
+        // Scale-up is immediate even inside the window.
+        let s = run(&p, t0, &[(0, 20.0), (1, 90.0)]);
+        assert_eq!(decide(&s, &p, t0 + secs(1)).unwrap().desired_replicas, 9);
+    }
+
+    #[test]
+    fn monotonic_queue_keeps_window_maximum() {
+        let mut p = replicas_policy();
+        p.scale_down_stabilization = secs(10);
+        let t0 = Instant::now();
+        let s = run(&p, t0, &[(0, 50.0), (3, 70.0), (6, 30.0), (9, 40.0)]);
+        assert_eq!(decide(&s, &p, t0 + secs(9)).unwrap().desired_replicas, 7);
+        assert_eq!(decide(&s, &p, t0 + secs(14)).unwrap().desired_replicas, 4, "70 left the window at 13 s");
+        assert!(s.recommendations.len() <= 2);
+    }
+
+    #[test]
+    fn zero_only_after_cooldown_since_last_activity() {
+        // KEDA scaleToZeroOrIdle: lastActiveTime + cooldownPeriod < now (keda.md §4.3).
+        let p = replicas_policy();
+        let t0 = Instant::now();
+        let s = run(&p, t0, &[(0, 15.0), (5, 0.0)]);
+        let at = |n: u64| decide(&s, &p, t0 + secs(n)).unwrap();
+        assert_eq!((at(5).desired_replicas, at(5).active), (1, true), "inactive but cooling down");
+        assert_eq!(at(59).desired_replicas, 1);
+        let d = at(60);
+        assert_eq!((d.desired_replicas, d.active, d.metric), (0, false, 0.0));
+    }
+
+    #[test]
+    fn activity_resets_cooldown_and_wakes_from_zero() {
+        let p = replicas_policy();
+        let t0 = Instant::now();
+        let s = run(&p, t0, &[(0, 15.0), (70, 0.0), (80, 5.0)]);
+        assert_eq!(decide(&s, &p, t0 + secs(80)).unwrap().desired_replicas, 1);
+        let s = run(&p, t0, &[(0, 15.0), (70, 0.0), (100, 0.0)]);
+        assert_eq!(decide(&s, &p, t0 + secs(100)).unwrap().desired_replicas, 0);
+    }
+
+    #[test]
+    fn a_replica_with_no_history_never_decides_zero_early() {
+        // A fresh replica sees an idle source: it counts the cooldown from its own first
+        // observation, so it answers 1 (active) until cooldownPeriod has passed.
+        let p = replicas_policy();
+        let t0 = Instant::now();
+        let s = run(&p, t0, &[(0, 0.0), (30, 0.0)]);
+        assert_eq!(decide(&s, &p, t0 + secs(30)).unwrap().desired_replicas, 1);
+        assert!(decide(&s, &p, t0 + secs(59)).unwrap().active);
+        assert!(!decide(&s, &p, t0 + secs(60)).unwrap().active);
+    }
+
+    #[test]
+    fn min_replicas_above_zero_never_goes_to_zero() {
+        let mut p = replicas_policy();
+        p.min_replicas = 2;
+        let t0 = Instant::now();
+        let s = run(&p, t0, &[(0, 0.0)]);
+        let d = decide(&s, &p, t0 + secs(3600)).unwrap();
+        assert_eq!((d.desired_replicas, d.active), (2, true));
+    }
+
+    #[test]
+    fn zero_cooldown_scales_to_zero_at_once() {
+        let mut p = replicas_policy();
+        p.cooldown = Duration::ZERO;
+        let t0 = Instant::now();
+        let s = run(&p, t0, &[(0, 30.0), (1, 0.0)]);
+        assert_eq!(decide(&s, &p, t0 + secs(1)).unwrap().desired_replicas, 0);
+    }
+}

@@ -1,0 +1,337 @@
+//! The engine: ScaledObject triggers, the shared source cache, and decisions.
+//!
+//! # Layout
+//! - [`policy`]: ebb's own metadata keys (`pollingInterval`, `outputMode`, replica knobs).
+//! - [`decision`]: pure decision functions with an injected clock.
+//! - [`source`]: one poll task per distinct source key; backoff, jitter, publication.
+//! - [`trigger`]: one tracked ScaledObject trigger and its decision state.
+//!
+//! A request names a trigger by (namespace, name, metadata). The first request for it parses
+//! the metadata, attaches it to the source with its key (starting that source's task if new)
+//! and waits, bounded, for the source's first poll; every later request answers from memory.
+
+pub mod decision;
+pub mod policy;
+pub mod source;
+pub mod trigger;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ebb_scalers::{ConfigErrors, Metadata, SourceKey};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::info;
+
+pub use decision::Decision;
+use source::{Source, SourceStatus};
+pub use trigger::Trigger;
+
+use crate::metrics::Metrics;
+
+/// Engine tuning. Every field has a CLI flag on `ebb serve`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// The longest a request waits for a new source's first poll before it gets UNAVAILABLE
+    /// (the poll goes on; the next request may find it done). Well under KEDA's 3 s deadline.
+    pub first_poll_wait: Duration,
+    /// The last good value serves while younger than `max(max_staleness, 3 × interval)`;
+    /// after that requests get UNAVAILABLE with the last error.
+    pub max_staleness: Duration,
+    /// Ceiling of the exponential backoff after failed polls.
+    pub max_backoff: Duration,
+    /// Least wait after a throttling answer (HTTP 429/503, Service Bus without CountDetails).
+    pub throttle_backoff: Duration,
+    /// A trigger nobody asked about for `max(idle_timeout, 10 × pollingInterval)` is dropped,
+    /// and its source stops when no trigger uses it.
+    pub idle_timeout: Duration,
+    /// How often idle triggers and sources are swept.
+    pub sweep_every: Duration,
+    /// Poll delays vary by ± this fraction.
+    pub jitter: f64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            first_poll_wait: Duration::from_millis(1500),
+            max_staleness: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(30),
+            throttle_backoff: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            sweep_every: Duration::from_secs(10),
+            jitter: 0.1,
+        }
+    }
+}
+
+/// Why a request could not be answered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The trigger metadata is invalid; each error names its key.
+    #[error("invalid trigger metadata: {0}")]
+    InvalidMetadata(#[from] ConfigErrors),
+    /// The source's first poll has not finished yet.
+    #[error("{scaler} source is still being polled for the first time (waited {waited:?})")]
+    FirstPollPending { scaler: &'static str, waited: Duration },
+    /// The source failed and no good value young enough is left.
+    #[error("{scaler} source unavailable: {reason}")]
+    Unavailable { scaler: &'static str, reason: String },
+}
+
+/// Turns trigger metadata into a scaler config: [`ebb_scalers::parse`] in production.
+pub type ParseFn = fn(&HashMap<String, String>) -> Result<Arc<dyn ebb_scalers::Scaler>, ConfigErrors>;
+
+struct Inner {
+    config: EngineConfig,
+    parse: ParseFn,
+    metrics: Arc<Metrics>,
+    epoch: Instant,
+    /// Triggers by [`trigger::trigger_hash`]; a bucket holds the rare collisions.
+    triggers: RwLock<HashMap<u64, Vec<Arc<Trigger>>>>,
+    sources: Mutex<HashMap<SourceKey, Arc<Source>>>,
+    /// Set on shutdown; open streams end when they see it.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+/// The engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, metrics: Arc<Metrics>) -> Self {
+        Self::with_parser(config, metrics, ebb_scalers::parse)
+    }
+
+    /// An engine with its own scaler registry (tests use scalers they control).
+    pub fn with_parser(config: EngineConfig, metrics: Arc<Metrics>, parse: ParseFn) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                parse,
+                metrics,
+                epoch: Instant::now(),
+                triggers: RwLock::new(HashMap::new()),
+                sources: Mutex::new(HashMap::new()),
+                closing: tokio::sync::watch::Sender::new(false),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Number of distinct sources being polled.
+    pub fn source_count(&self) -> usize {
+        self.inner.sources.lock().expect("sources lock").len()
+    }
+
+    /// Number of tracked triggers.
+    pub fn trigger_count(&self) -> usize {
+        self.inner.triggers.read().expect("triggers lock").values().map(Vec::len).sum()
+    }
+
+    /// Finds or creates the trigger KEDA names. No I/O: a new source starts polling in the
+    /// background. `peer` is logged once per new trigger, since a Container Apps rule that
+    /// never reaches ebb leaves no other trace.
+    pub fn trigger(
+        &self,
+        namespace: &str,
+        name: &str,
+        metadata: &HashMap<String, String>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Arc<Trigger>, EngineError> {
+        let now = Instant::now();
+        let hash = trigger::trigger_hash(namespace, name, metadata);
+        let find = |map: &HashMap<u64, Vec<Arc<Trigger>>>| {
+            map.get(&hash).and_then(|bucket| {
+                bucket.iter().find(|t| t.namespace == namespace && t.name == name && &t.metadata == metadata).cloned()
+            })
+        };
+        if let Some(t) = find(&self.inner.triggers.read().expect("triggers lock")) {
+            t.touch(now);
+            return Ok(t);
+        }
+
+        let scaler = (self.inner.parse)(metadata)?;
+        let options = policy::parse(&Metadata::new(metadata), scaler.target())?;
+        let metric_name =
+            options.metric_name.clone().unwrap_or_else(|| trigger::default_metric_name(scaler.scaler_type(), metadata));
+
+        let mut triggers = self.inner.triggers.write().expect("triggers lock");
+        if let Some(t) = find(&triggers) {
+            return Ok(t);
+        }
+        let source = self.source_for(scaler.as_ref(), options.polling_interval)?;
+        let t = Arc::new(Trigger::new(
+            namespace,
+            name,
+            metadata,
+            scaler,
+            options,
+            metric_name,
+            source.clone(),
+            self.inner.metrics.clone(),
+            self.inner.epoch,
+        ));
+        source.attach(&t);
+        triggers.entry(hash).or_default().push(t.clone());
+        self.inner.metrics.triggers.inc();
+        info!(
+            namespace,
+            scaledobject = name,
+            peer = ?peer,
+            scaler = t.scaler.scaler_type(),
+            metric = %t.metric_name,
+            source = %source.key,
+            "new ScaledObject trigger"
+        );
+        Ok(t)
+    }
+
+    /// The source with the scaler's key, started if new.
+    fn source_for(&self, scaler: &dyn ebb_scalers::Scaler, interval: Duration) -> Result<Arc<Source>, EngineError> {
+        let mut sources = self.inner.sources.lock().expect("sources lock");
+        if let Some(s) = sources.get(scaler.source_key()) {
+            return Ok(s.clone());
+        }
+        let poller = scaler.poller()?;
+        let source = Arc::new(Source::new(
+            scaler.source_key().clone(),
+            scaler.scaler_type(),
+            poller,
+            scaler.poll_timeout(),
+            interval,
+        ));
+        sources.insert(source.key.clone(), source.clone());
+        self.inner.metrics.sources.set(sources.len() as i64);
+        let task = source::run(source.clone(), self.inner.config.clone(), self.inner.metrics.clone());
+        tokio::spawn(task);
+        info!(source = %source.key, scaler = source.scaler_type, "polling new source");
+        Ok(source)
+    }
+
+    /// The trigger's decision now, from the cached measurement. Waits (bounded by
+    /// `first_poll_wait`) only while the source's first poll is running.
+    pub async fn decide(&self, t: &Trigger) -> Result<Decision, EngineError> {
+        let mut rx = t.source.status();
+        let ready = rx.borrow().polls > 0;
+        if ready {
+            self.inner.metrics.cache_hits_total.inc();
+        } else {
+            self.inner.metrics.cache_misses_total.inc();
+            let wait = self.inner.config.first_poll_wait;
+            let waited = tokio::time::timeout(wait, rx.wait_for(|s| s.polls > 0)).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                return Err(EngineError::FirstPollPending { scaler: t.source.scaler_type, waited: wait });
+            }
+        }
+        let status = rx.borrow().clone();
+        self.decide_from(t, &status, Instant::now())
+    }
+
+    /// The decision for `t` given its source's status, or why there is none.
+    pub fn decide_from(&self, t: &Trigger, status: &SourceStatus, now: Instant) -> Result<Decision, EngineError> {
+        let scaler = t.source.scaler_type;
+        let bound = self.inner.config.max_staleness.max(t.source.interval() * 3);
+        let fresh = status.last_good.as_ref().is_some_and(|(at, _)| now.saturating_duration_since(*at) <= bound);
+        if !fresh {
+            let reason = match (&status.last_error, &status.last_good) {
+                (Some(e), None) => e.to_string(),
+                (Some(e), Some((at, _))) => {
+                    format!("{e} (last good value is {:.0?} old, bound {bound:?})", now.saturating_duration_since(*at))
+                }
+                (None, Some((at, _))) => {
+                    format!("last good value is {:.0?} old, bound {bound:?}", now.saturating_duration_since(*at))
+                }
+                (None, None) => "no measurement yet".to_string(),
+            };
+            return Err(EngineError::Unavailable { scaler, reason });
+        }
+        t.decide(now).ok_or_else(|| EngineError::Unavailable { scaler, reason: "no measurement yet".into() })
+    }
+
+    /// Drops triggers idle longer than their bound (unless a stream is open) and stops the
+    /// sources no trigger uses any more.
+    pub fn sweep(&self, now: Instant) {
+        let cfg = &self.inner.config;
+        let mut evicted = Vec::new();
+        // Held through the source sweep too, so no trigger can attach to a source being stopped.
+        let mut triggers = self.inner.triggers.write().expect("triggers lock");
+        triggers.retain(|_, bucket| {
+            bucket.retain(|t| {
+                let bound = cfg.idle_timeout.max(t.polling_interval() * 10);
+                let keep = t.has_streams() || t.idle_for(now) < bound;
+                if !keep {
+                    evicted.push(t.clone());
+                }
+                keep
+            });
+            !bucket.is_empty()
+        });
+        for t in &evicted {
+            info!(namespace = %t.namespace, scaledobject = %t.name, "dropping idle ScaledObject trigger");
+            t.forget_metrics();
+        }
+        self.inner.metrics.triggers.dec_by(evicted.len() as i64);
+        drop(evicted);
+
+        let mut sources = self.inner.sources.lock().expect("sources lock");
+        sources.retain(|key, s| {
+            let keep = s.sweep() > 0;
+            if !keep {
+                info!(source = %key, "stopping unused source");
+                s.stop();
+            }
+            keep
+        });
+        self.inner.metrics.sources.set(sources.len() as i64);
+        drop(sources);
+        drop(triggers);
+    }
+
+    /// Runs [`Engine::sweep`] every `sweep_every` until the returned task is aborted.
+    pub fn spawn_sweeper(&self) -> JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(engine.inner.config.sweep_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                engine.sweep(Instant::now());
+            }
+        })
+    }
+
+    /// Resolves once [`Engine::close`] has been called.
+    pub async fn closed(&self) {
+        let mut rx = self.inner.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Starts shutdown: open streams end cleanly (KEDA reconnects elsewhere) and every
+    /// source task stops.
+    pub fn close(&self) {
+        self.inner.closing.send_replace(true);
+        self.stop_all();
+    }
+
+    /// Stops every source task.
+    pub fn stop_all(&self) {
+        for s in self.inner.sources.lock().expect("sources lock").values() {
+            s.stop();
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Engine tests with scalers the test controls, on tokio's paused clock.
+//!
+//! A fake source is named by the `source` metadata key and driven through [`fake`]; its
+//! poller counts polls, answers the value or error the test set, after an optional delay.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use ebb_scalers::metadata::collect;
+use ebb_scalers::{ConfigErrors, Evaluation, Measurement, Metadata, PollError, Poller, Scaler, SourceKey};
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+use super::*;
+
+#[derive(Default)]
+struct FakeSource {
+    answer: Mutex<Option<Result<f64, PollError>>>,
+    delay: Mutex<Duration>,
+    polls: AtomicU64,
+}
+
+static FAKES: LazyLock<Mutex<HashMap<String, Arc<FakeSource>>>> = LazyLock::new(Default::default);
+
+/// The fake source named `name`, created answering 0.
+fn fake(name: &str) -> Arc<FakeSource> {
+    FAKES
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            let f = FakeSource::default();
+            *f.answer.lock().unwrap() = Some(Ok(0.0));
+            Arc::new(f)
+        })
+        .clone()
+}
+
+impl FakeSource {
+    fn set(&self, r: Result<f64, PollError>) {
+        *self.answer.lock().unwrap() = Some(r);
+    }
+    fn polls(&self) -> u64 {
+        self.polls.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug)]
+struct FakeScaler {
+    key: SourceKey,
+    name: String,
+    threshold: f64,
+    activation: f64,
+}
+
+struct FakePoller(Arc<FakeSource>);
+
+#[async_trait::async_trait]
+impl Poller for FakePoller {
+    async fn poll(&self) -> Result<Measurement, PollError> {
+        self.0.polls.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.0.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let answer = self.0.answer.lock().unwrap().clone().expect("answer set");
+        answer.map(Measurement::Value)
+    }
+}
+
+impl Scaler for FakeScaler {
+    fn scaler_type(&self) -> &'static str {
+        "fake"
+    }
+    fn source_key(&self) -> &SourceKey {
+        &self.key
+    }
+    fn target(&self) -> f64 {
+        self.threshold
+    }
+    fn poll_timeout(&self) -> Duration {
+        Duration::from_secs(3)
+    }
+    fn evaluate(&self, m: &Measurement) -> Evaluation {
+        let Measurement::Value(v) = m;
+        Evaluation { metric: *v, active: *v > self.activation }
+    }
+    fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
+        Ok(Arc::new(FakePoller(fake(&self.name))))
+    }
+}
+
+fn parse_fake(map: &HashMap<String, String>) -> Result<Arc<dyn Scaler>, ConfigErrors> {
+    let md = Metadata::new(map);
+    let mut errs = ConfigErrors::default();
+    let name = collect(&mut errs, md.required("source")).unwrap_or_default().to_string();
+    let threshold = collect(&mut errs, md.f64("threshold")).flatten().unwrap_or(10.0);
+    let activation = collect(&mut errs, md.f64("activationThreshold")).flatten().unwrap_or(0.0);
+    errs.into_result()?;
+    Ok(Arc::new(FakeScaler { key: SourceKey(format!("fake|{name}")), name, threshold, activation }))
+}
+
+fn engine() -> Engine {
+    engine_with(EngineConfig::default())
+}
+
+fn engine_with(config: EngineConfig) -> Engine {
+    let mut reg = Registry::default();
+    Engine::with_parser(config, Arc::new(Metrics::new(&mut reg)), parse_fake)
+}
+
+fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_poller_per_source_and_single_flight_first_poll() {
+    let src = fake("single-flight");
+    src.set(Ok(42.0));
+    *src.delay.lock().unwrap() = Duration::from_millis(200);
+    let e = engine();
+    let meta = md(&[("source", "single-flight"), ("pollingInterval", "5")]);
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let e = e.clone();
+        let meta = meta.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = e.trigger("ns", &format!("so-{i}"), &meta, None).unwrap();
+            e.decide(&t).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().metric, 42.0);
+    }
+    assert_eq!(src.polls(), 1, "300 concurrent first requests share one poll");
+    assert_eq!(e.source_count(), 1);
+    assert_eq!(e.trigger_count(), 300);
+}
+
+#[tokio::test(start_paused = true)]
+async fn distinct_sources_poll_separately_and_thresholds_stay_per_trigger() {
+    let (a, b) = (fake("distinct-a"), fake("distinct-b"));
+    a.set(Ok(7.0));
+    b.set(Ok(70.0));
+    let e = engine();
+    let low = e.trigger("ns", "low", &md(&[("source", "distinct-a"), ("activationThreshold", "5")]), None).unwrap();
+    let high = e.trigger("ns", "high", &md(&[("source", "distinct-a"), ("activationThreshold", "50")]), None).unwrap();
+    let other = e.trigger("ns", "other", &md(&[("source", "distinct-b")]), None).unwrap();
+    assert!(e.decide(&low).await.unwrap().active);
+    assert!(!e.decide(&high).await.unwrap().active, "same source, own activation threshold");
+    assert_eq!(e.decide(&other).await.unwrap().metric, 70.0);
+    assert_eq!(e.source_count(), 2);
+    assert_eq!((a.polls(), b.polls()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn source_polls_at_the_smallest_interval_asked() {
+    let src = fake("interval");
+    let e = engine_with(EngineConfig { jitter: 0.0, ..EngineConfig::default() });
+    let slow = e.trigger("ns", "slow", &md(&[("source", "interval"), ("pollingInterval", "10")]), None).unwrap();
+    e.decide(&slow).await.unwrap();
+    let fast = e.trigger("ns", "fast", &md(&[("source", "interval"), ("pollingInterval", "0.5")]), None).unwrap();
+    // The slow interval's sleep is already running; from the next poll on, 0.5 s applies.
+    tokio::time::sleep(Duration::from_millis(10_050)).await;
+    let at_ten = src.polls();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(src.polls() - at_ten, 10, "0.5 s interval once the fast trigger joined");
+    assert_eq!(e.decide(&fast).await.unwrap().metric, 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_first_poll_answers_unavailable_within_the_bound() {
+    let src = fake("slow-first");
+    *src.delay.lock().unwrap() = Duration::from_secs(2);
+    let e = engine();
+    let t = e.trigger("ns", "so", &md(&[("source", "slow-first")]), None).unwrap();
+    let started = Instant::now();
+    let err = e.decide(&t).await.unwrap_err();
+    assert!(matches!(err, EngineError::FirstPollPending { .. }), "{err}");
+    assert_eq!(started.elapsed(), e.config().first_poll_wait);
+    // The poll went on in the background; the next request finds it done.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(e.decide(&t).await.unwrap().metric, 0.0);
+    assert_eq!(src.polls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn last_good_value_serves_until_stale_then_unavailable_then_recovers() {
+    let src = fake("stale");
+    src.set(Ok(12.0));
+    let config = EngineConfig { jitter: 0.0, max_staleness: Duration::from_secs(20), ..EngineConfig::default() };
+    let e = engine_with(config);
+    let t = e.trigger("ns", "so", &md(&[("source", "stale"), ("pollingInterval", "1")]), None).unwrap();
+    assert_eq!(e.decide(&t).await.unwrap().metric, 12.0);
+    src.set(Err(PollError::Connect("connection refused".into())));
+    tokio::time::sleep(Duration::from_secs(19)).await;
+    let d = e.decide(&t).await.unwrap();
+    assert_eq!(d.metric, 12.0, "last good value within the staleness bound");
+    assert!(d.active, "a fault never turns a trigger inactive");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let err = e.decide(&t).await.unwrap_err();
+    assert!(err.to_string().contains("connection refused"), "{err}");
+    // Recovery: the backoff ceiling here is 30 s, so the source is polled again within it.
+    src.set(Ok(3.0));
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(e.decide(&t).await.unwrap().metric, 3.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_source_backs_off_and_throttling_backs_off_longer() {
+    let failing = fake("backoff");
+    failing.set(Err(PollError::Http { status: 500, detail: "boom".into() }));
+    let throttled = fake("throttled");
+    throttled.set(Err(PollError::Throttled { detail: "HTTP 429".into(), retry_after: None }));
+    let e = engine_with(EngineConfig { jitter: 0.0, ..EngineConfig::default() });
+    let a = e.trigger("ns", "a", &md(&[("source", "backoff"), ("pollingInterval", "1")]), None).unwrap();
+    let b = e.trigger("ns", "b", &md(&[("source", "throttled"), ("pollingInterval", "1")]), None).unwrap();
+    assert!(e.decide(&a).await.is_err());
+    assert!(e.decide(&b).await.is_err());
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    // Polls at 0, 1, 3, 7, 15, 31 s (delays 1, 2, 4, 8, 16, then the 30 s ceiling).
+    assert_eq!(failing.polls(), 6);
+    // Throttled: at 0 and 30 s (at least `throttle_backoff` after each throttling answer).
+    assert_eq!(throttled.polls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_metadata_names_the_key() {
+    let e = engine();
+    let err = e.trigger("ns", "so", &md(&[("threshold", "x")]), None).err().unwrap();
+    let EngineError::InvalidMetadata(errs) = &err else { panic!("{err}") };
+    assert_eq!(errs.keys(), vec!["source", "threshold"]);
+    let err = e.trigger("ns", "so", &md(&[("source", "bad-policy"), ("outputMode", "x")]), None).err().unwrap();
+    assert!(err.to_string().contains("outputMode"), "{err}");
+    assert_eq!(e.source_count(), 0, "nothing polled for bad metadata");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_triggers_are_dropped_and_their_source_stops() {
+    let src = fake("idle");
+    let e = engine_with(EngineConfig { jitter: 0.0, idle_timeout: Duration::from_secs(60), ..EngineConfig::default() });
+    let t = e.trigger("ns", "so", &md(&[("source", "idle"), ("pollingInterval", "1")]), None).unwrap();
+    e.decide(&t).await.unwrap();
+    drop(t);
+    e.sweep(Instant::now() + Duration::from_secs(30));
+    assert_eq!(e.trigger_count(), 1, "still within the idle bound");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    e.sweep(Instant::now());
+    assert_eq!((e.trigger_count(), e.source_count()), (0, 0));
+    let polls = src.polls();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(src.polls() <= polls + 1, "source stopped polling");
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_streams_keep_a_trigger_alive() {
+    let _src = fake("streamed");
+    let e = engine_with(EngineConfig { idle_timeout: Duration::from_secs(60), ..EngineConfig::default() });
+    let t = e.trigger("ns", "so", &md(&[("source", "streamed")]), None).unwrap();
+    let guard = t.stream_guard();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    e.sweep(Instant::now());
+    assert_eq!(e.trigger_count(), 1);
+    drop(guard);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    e.sweep(Instant::now());
+    assert_eq!(e.trigger_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_mode_history_is_folded_by_the_poll_task() {
+    // The trigger is asked only once, long after the polls: its decision still reflects
+    // every poll (cooldown counted from the last active one), not just the latest.
+    let src = fake("history");
+    src.set(Ok(55.0));
+    let e = engine_with(EngineConfig { jitter: 0.0, ..EngineConfig::default() });
+    let meta =
+        md(&[("source", "history"), ("pollingInterval", "1"), ("outputMode", "replicas"), ("cooldownPeriod", "10")]);
+    let t = e.trigger("ns", "so", &meta, None).unwrap();
+    assert_eq!(e.decide(&t).await.unwrap().desired_replicas, 6);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    src.set(Ok(0.0));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let d = e.decide(&t).await.unwrap();
+    assert_eq!((d.desired_replicas, d.active), (6, true), "stabilization window holds 6");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let d = e.decide(&t).await.unwrap();
+    assert_eq!((d.desired_replicas, d.active), (0, false), "10 s after the last active poll");
+}

@@ -1,0 +1,26 @@
+//! ebb: an event-driven autoscaler that speaks KEDA's external-scaler gRPC protocol.
+//!
+//! # Layout
+//! - [`engine`]: ScaledObject triggers, the shared source cache, decisions.
+//! - [`grpc`]: the `externalscaler.ExternalScaler` service KEDA calls.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`server`]: wires the doors onto one engine (`ebb serve`).
+//! - [`check`]: `ebb check`, one poll and one decision from the command line.
+//! - [`metrics`]: ebb's own Prometheus metrics.
+//! - [`proto`]: code generated from `proto/externalscaler.proto`.
+//!
+//! Event sources live in the `ebb-scalers` crate, which knows nothing of gRPC or KEDA's RPCs.
+
+pub mod check;
+pub mod engine;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod telemetry;
+
+/// KEDA's wire contract, package `externalscaler`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("externalscaler");
+}

@@ -1,0 +1,146 @@
+//! The `ebb` command line: `serve` and `check`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ebb::engine::EngineConfig;
+use ebb::server::{self, ServeOptions};
+use ebb::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "ebb", version, about = "Event-driven autoscaler for KEDA's external-scaler protocol")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "EBB_LOG_FORMAT", value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve KEDA's external-scaler gRPC API and the HTTP endpoints.
+    Serve(ServeArgs),
+    /// Parse trigger metadata, poll the source once, and print metric, activity and replicas.
+    Check {
+        /// Trigger metadata as key=value pairs (with `scalerType=...`).
+        #[arg(required = true)]
+        metadata: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// gRPC address KEDA calls.
+    #[arg(long, env = "EBB_GRPC_ADDR", default_value = "0.0.0.0:9090")]
+    grpc_addr: SocketAddr,
+    /// HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "EBB_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Longest a request waits for a new source's first poll (seconds).
+    #[arg(long, env = "EBB_FIRST_POLL_WAIT", default_value = "1.5", value_parser = seconds)]
+    first_poll_wait: Duration,
+    /// The last good value serves until max(this, 3 × interval) old (seconds).
+    #[arg(long, env = "EBB_MAX_STALENESS", default_value = "60", value_parser = seconds)]
+    max_staleness: Duration,
+    /// Ceiling of the backoff after failed polls (seconds).
+    #[arg(long, env = "EBB_MAX_BACKOFF", default_value = "30", value_parser = seconds)]
+    max_backoff: Duration,
+    /// Least wait after a throttling answer (seconds).
+    #[arg(long, env = "EBB_THROTTLE_BACKOFF", default_value = "30", value_parser = seconds)]
+    throttle_backoff: Duration,
+    /// Triggers unused for max(this, 10 × pollingInterval) are dropped (seconds).
+    #[arg(long, env = "EBB_IDLE_TIMEOUT", default_value = "300", value_parser = seconds)]
+    idle_timeout: Duration,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("{s:?} is not a non-negative number of seconds")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => match serve(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "ebb serve failed");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { metadata, json } => check(&metadata, json).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let opts = ServeOptions {
+        grpc_addr: args.grpc_addr,
+        http_addr: args.http_addr,
+        engine: EngineConfig {
+            first_poll_wait: args.first_poll_wait,
+            max_staleness: args.max_staleness,
+            max_backoff: args.max_backoff,
+            throttle_backoff: args.throttle_backoff,
+            idle_timeout: args.idle_timeout,
+            ..EngineConfig::default()
+        },
+    };
+    let server = server::spawn(opts).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn check(args: &[String], json: bool) -> ExitCode {
+    let metadata = match ebb::check::parse_pairs(args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match ebb::check::run(&metadata).await {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+            } else {
+                println!("{report}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": e.to_string() }));
+            } else {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! `ebb serve`: the gRPC door for KEDA, `grpc.health.v1`, and the HTTP door, on one engine.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+use crate::engine::{Engine, EngineConfig};
+use crate::grpc;
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::proto::external_scaler_server::ExternalScalerServer;
+
+/// Where and how to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub engine: EngineConfig,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub engine: Engine,
+    shutdown: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    sweeper: JoinHandle<()>,
+}
+
+/// Binds both addresses (port 0 picks a free port) and serves in the background.
+pub async fn spawn(opts: ServeOptions) -> anyhow::Result<Server> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let engine = Engine::new(opts.engine.clone(), metrics);
+
+    let grpc_listener =
+        TcpListener::bind(opts.grpc_addr).await.with_context(|| format!("binding gRPC address {}", opts.grpc_addr))?;
+    let http_listener =
+        TcpListener::bind(opts.http_addr).await.with_context(|| format!("binding HTTP address {}", opts.http_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<ExternalScalerServer<grpc::Scaler>>().await;
+
+    let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
+    let scaler = ExternalScalerServer::new(grpc::Scaler::new(engine.clone()));
+    let grpc_task = tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(grpc_listener);
+        let served = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(scaler)
+            .serve_with_incoming_shutdown(incoming, async {
+                grpc_stopped.await.ok();
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+
+    let (http_stop, http_stopped) = oneshot::channel::<()>();
+    let app = http::router(HttpState { registry: Arc::new(registry), ready: ready.clone() });
+    let http_task = tokio::spawn(async move {
+        let served = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async {
+                http_stopped.await.ok();
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    ready.store(true, Ordering::Relaxed);
+    let sweeper = engine.spawn_sweeper();
+    info!(%grpc_addr, %http_addr, "ebb serving");
+    Ok(Server {
+        grpc_addr,
+        http_addr,
+        engine,
+        shutdown: vec![grpc_stop, http_stop],
+        tasks: vec![grpc_task, http_task],
+        sweeper,
+    })
+}
+
+impl Server {
+    /// Ends open streams, stops accepting, lets in-flight calls finish, and stops every
+    /// source.
+    pub async fn shutdown(self) {
+        self.engine.close();
+        for s in self.shutdown {
+            let _ = s.send(());
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.sweeper.abort();
+    }
+
+    /// Waits until the servers end on their own (they do not, short of an error).
+    pub async fn wait(&mut self) {
+        for t in &mut self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! An ebb server on loopback and a KEDA-like client for it.
+//!
+//! KEDA's scale loop calls GetMetricSpec, then GetMetrics, then IsActive, each with a 3 s
+//! deadline; [`Keda`] does the same, so a slow answer fails a test instead of hanging it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ebb::engine::EngineConfig;
+use ebb::proto::external_scaler_client::ExternalScalerClient;
+use ebb::proto::{GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, ScaledObjectRef};
+use ebb::server::{self, ServeOptions, Server};
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+/// KEDA's deadline on each external-scaler call.
+pub const RPC_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Starts ebb with gRPC and HTTP on `127.0.0.1:0` and the default engine config.
+pub async fn start_ebb() -> (Server, Keda) {
+    start_ebb_with(EngineConfig::default()).await
+}
+
+pub async fn start_ebb_with(engine: EngineConfig) -> (Server, Keda) {
+    let opts = ServeOptions {
+        grpc_addr: "127.0.0.1:0".parse().expect("addr"),
+        http_addr: "127.0.0.1:0".parse().expect("addr"),
+        engine,
+    };
+    let srv = server::spawn(opts).await.expect("ebb server starts");
+    let keda = Keda::connect(&srv).await;
+    (srv, keda)
+}
+
+/// A ScaledObjectRef in namespace `default`.
+pub fn so(name: &str, metadata: &[(&str, &str)]) -> ScaledObjectRef {
+    ScaledObjectRef {
+        name: name.to_string(),
+        namespace: "default".to_string(),
+        scaler_metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+    }
+}
+
+/// Prometheus trigger metadata as KEDA would send it for an `external` trigger, plus
+/// `extra` (which overrides).
+pub fn prom_metadata(server_address: &str, query: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut md: Vec<(String, String)> = vec![
+        ("scalerAddress".into(), "ebb.keda.svc.cluster.local:9090".into()),
+        ("scalerType".into(), "prometheus".into()),
+        ("serverAddress".into(), server_address.into()),
+        ("query".into(), query.into()),
+        ("threshold".into(), "10".into()),
+    ];
+    for (k, v) in extra {
+        md.retain(|(key, _)| key != k);
+        md.push((k.to_string(), v.to_string()));
+    }
+    md
+}
+
+pub fn so_owned(name: &str, metadata: &[(String, String)]) -> ScaledObjectRef {
+    ScaledObjectRef {
+        name: name.to_string(),
+        namespace: "default".to_string(),
+        scaler_metadata: metadata.iter().cloned().collect(),
+    }
+}
+
+/// The KEDA side: a tonic client whose every call has [`RPC_DEADLINE`].
+#[derive(Clone)]
+pub struct Keda {
+    pub client: ExternalScalerClient<Channel>,
+}
+
+fn with_deadline<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(RPC_DEADLINE);
+    req
+}
+
+async fn bounded<T>(call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>) -> Result<T, Status> {
+    // A little over the deadline: the grpc-timeout header should end the call first.
+    match tokio::time::timeout(RPC_DEADLINE + Duration::from_millis(500), call).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!("no answer within {RPC_DEADLINE:?} (client-side bound)"))),
+    }
+}
+
+impl Keda {
+    pub async fn connect(srv: &Server) -> Keda {
+        let channel = tokio::time::timeout(
+            Duration::from_secs(5),
+            Channel::from_shared(format!("http://{}", srv.grpc_addr)).expect("uri").connect(),
+        )
+        .await
+        .expect("connecting to ebb timed out")
+        .expect("connecting to ebb");
+        Keda { client: ExternalScalerClient::new(channel) }
+    }
+
+    pub async fn get_metric_spec(&self, so: &ScaledObjectRef) -> Result<GetMetricSpecResponse, Status> {
+        let mut c = self.client.clone();
+        bounded(c.get_metric_spec(with_deadline(so.clone()))).await
+    }
+
+    pub async fn get_metrics(&self, so: &ScaledObjectRef, metric_name: &str) -> Result<GetMetricsResponse, Status> {
+        let mut c = self.client.clone();
+        let req = GetMetricsRequest { scaled_object_ref: Some(so.clone()), metric_name: metric_name.to_string() };
+        bounded(c.get_metrics(with_deadline(req))).await
+    }
+
+    pub async fn is_active(&self, so: &ScaledObjectRef) -> Result<IsActiveResponse, Status> {
+        let mut c = self.client.clone();
+        bounded(c.is_active(with_deadline(so.clone()))).await
+    }
+
+    /// Opens StreamIsActive (no deadline: KEDA holds it open).
+    pub async fn stream_is_active(&self, so: &ScaledObjectRef) -> Result<Streaming<IsActiveResponse>, Status> {
+        let mut c = self.client.clone();
+        match tokio::time::timeout(RPC_DEADLINE, c.stream_is_active(so.clone())).await {
+            Ok(r) => r.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded("StreamIsActive did not open")),
+        }
+    }
+
+    /// One KEDA cycle: GetMetricSpec → GetMetrics (for the spec's metric) → IsActive.
+    pub async fn cycle(&self, so: &ScaledObjectRef) -> Result<Cycle, Status> {
+        let spec = self.get_metric_spec(so).await?;
+        let name = spec.metric_specs.first().map(|s| s.metric_name.clone()).unwrap_or_default();
+        let metrics = self.get_metrics(so, &name).await?;
+        let active = self.is_active(so).await?;
+        Ok(Cycle { spec, metrics, active: active.result })
+    }
+}
+
+/// The answers of one KEDA cycle.
+#[derive(Debug, Clone)]
+pub struct Cycle {
+    pub spec: GetMetricSpecResponse,
+    pub metrics: GetMetricsResponse,
+    pub active: bool,
+}
+
+impl Cycle {
+    /// The float metric value of the single MetricValue.
+    pub fn value(&self) -> f64 {
+        assert_eq!(self.metrics.metric_values.len(), 1, "one metric value: {:?}", self.metrics);
+        self.metrics.metric_values[0].metric_value_float
+    }
+}
+
+/// Asserts `r` failed with `code` and a message containing `needle` (case-insensitive).
+pub fn assert_status<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, needle: &str, ctx: &str) -> Status {
+    match r {
+        Ok(v) => panic!("{ctx}: expected {code:?} mentioning {needle:?}, got Ok({v:?})"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "{ctx}: wrong code; message: {}", s.message());
+            assert!(
+                s.message().to_lowercase().contains(&needle.to_lowercase()),
+                "{ctx}: message should mention {needle:?}: {}",
+                s.message()
+            );
+            s
+        }
+    }
+}

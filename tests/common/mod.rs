@@ -1,0 +1,40 @@
+//! Harness shared by the integration tests: real servers on loopback, started per test.
+//!
+//! - [`prom::PromStack`]: a Prometheus 2.42 scraping a Pushgateway 1.5 every second, both child
+//!   processes in a temp dir, killed (by their `Child` handles) when the stack drops.
+//! - [`ebb`]: an ebb server on `127.0.0.1:0` and a KEDA-like tonic client with a deadline on
+//!   every call.
+//!
+//! Every wait here is bounded in time and in iterations.
+
+#![allow(dead_code)]
+
+pub mod ebb;
+pub mod prom;
+
+pub use prom::PromStack;
+
+use std::net::{SocketAddr, TcpListener};
+
+/// A loopback port that was free a moment ago (bind `127.0.0.1:0`, then drop the listener).
+/// Someone else may take it before it is used; callers that start servers on it retry.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local_addr").port()
+}
+
+/// `http://127.0.0.1:<port>` of a port nobody listens on (connections are refused at once).
+pub fn closed_url() -> String {
+    let addr: SocketAddr =
+        TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local_addr");
+    format!("http://{addr}")
+}
+
+/// A name unique to this process and call, usable as a Prometheus metric name or job.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}_{}_{n}_{nanos:x}", std::process::id())
+}
