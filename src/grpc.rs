@@ -64,7 +64,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ExternalScaler for Scaler {
-    #[instrument(skip_all, fields(namespace = %req.get_ref().namespace, scaledobject = %req.get_ref().name))]
+    #[instrument(level = "debug", skip_all, fields(namespace = %req.get_ref().namespace, scaledobject = %req.get_ref().name))]
     async fn is_active(&self, req: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
         let t = self.trigger(&req, req.get_ref())?;
         let d = self.engine.decide(&t).await.map_err(to_status)?;
@@ -73,7 +73,7 @@ impl ExternalScaler for Scaler {
 
     type StreamIsActiveStream = BoxStream<IsActiveResponse>;
 
-    #[instrument(skip_all, fields(namespace = %req.get_ref().namespace, scaledobject = %req.get_ref().name))]
+    #[instrument(level = "debug", skip_all, fields(namespace = %req.get_ref().namespace, scaledobject = %req.get_ref().name))]
     async fn stream_is_active(
         &self,
         req: Request<ScaledObjectRef>,
@@ -85,13 +85,13 @@ impl ExternalScaler for Scaler {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    #[instrument(skip_all, fields(namespace = %req.get_ref().namespace, scaledobject = %req.get_ref().name))]
+    #[instrument(level = "debug", skip_all, fields(namespace = %req.get_ref().namespace, scaledobject = %req.get_ref().name))]
     async fn get_metric_spec(&self, req: Request<ScaledObjectRef>) -> Result<Response<GetMetricSpecResponse>, Status> {
         let t = self.trigger(&req, req.get_ref())?;
         Ok(Response::new(GetMetricSpecResponse { metric_specs: vec![metric_spec(&t)] }))
     }
 
-    #[instrument(skip_all, fields(metric = %req.get_ref().metric_name))]
+    #[instrument(level = "debug", skip_all, fields(metric = %req.get_ref().metric_name))]
     async fn get_metrics(&self, req: Request<GetMetricsRequest>) -> Result<Response<GetMetricsResponse>, Status> {
         let r = req
             .get_ref()
@@ -106,7 +106,7 @@ impl ExternalScaler for Scaler {
 
     type StreamMetricSpecStream = BoxStream<GetMetricSpecResponse>;
 
-    #[instrument(skip_all, fields(namespace = %req.get_ref().namespace, scaledobject = %req.get_ref().name))]
+    #[instrument(level = "debug", skip_all, fields(namespace = %req.get_ref().namespace, scaledobject = %req.get_ref().name))]
     async fn stream_metric_spec(
         &self,
         req: Request<ScaledObjectRef>,

@@ -122,12 +122,17 @@ async fn gauge_follows_pushed_value() {
         }
 
         // Down: 17 → 3 (below activation 5).
+        let pushed = Instant::now();
         stack.push(job, &format!("{metric}{{queue=\"orders\"}} 3")).await;
         stack.wait_for_value(&query, 3.0, SCRAPE_WAIT).await;
         let seen_by_prometheus = Instant::now();
         let told = next_with(&mut rx, false, Duration::from_secs(10)).await;
         // pollingInterval 0.5 s ± jitter, plus slack for a loaded 2-core machine.
         let lag = told.saturating_duration_since(seen_by_prometheus);
+        let since_push = told.saturating_duration_since(pushed);
+        eprintln!("StreamIsActive reported inactive {since_push:?} after the push, {lag:?} after Prometheus had it");
+        // Scrape (1 s) + poll (0.5 s ± jitter) + slack.
+        assert!(since_push < Duration::from_secs(4), "inactive pushed {since_push:?} after the push");
         assert!(lag < Duration::from_millis(2500), "inactive pushed {lag:?} after Prometheus had the value");
 
         let c = cycle_until(&keda, &so, Duration::from_secs(5), "GetMetrics shows 3", |c| c.value() == 3.0).await;
@@ -135,11 +140,16 @@ async fn gauge_follows_pushed_value() {
         assert!(!c.active, "3 is not > activationThreshold 5");
 
         // Up again (scale from zero): 3 → 17.
+        let pushed = Instant::now();
         stack.push(job, &format!("{metric}{{queue=\"orders\"}} 17")).await;
         stack.wait_for_value(&query, 17.0, SCRAPE_WAIT).await;
         let seen_by_prometheus = Instant::now();
         let told = next_with(&mut rx, true, Duration::from_secs(10)).await;
         let lag = told.saturating_duration_since(seen_by_prometheus);
+        let since_push = told.saturating_duration_since(pushed);
+        eprintln!("StreamIsActive reported active {since_push:?} after the push, {lag:?} after Prometheus had it");
+        // Scrape (1 s) + poll (0.5 s ± jitter) + slack.
+        assert!(since_push < Duration::from_secs(4), "active pushed {since_push:?} after the push");
         assert!(lag < Duration::from_millis(2500), "active pushed {lag:?} after Prometheus had the value");
         let c = cycle_until(&keda, &so, Duration::from_secs(5), "GetMetrics shows 17", |c| c.value() == 17.0).await;
         assert!(c.active);
@@ -241,9 +251,19 @@ async fn coalescing_300_scaled_objects() {
                     }
                     let t = Instant::now();
                     match keda.cycle(&so).await {
-                        Ok(c) if c.value() == 42.0 && c.active => latencies.lock().unwrap().push(t.elapsed()),
-                        Ok(c) => failures.lock().unwrap().push(format!("{}: unexpected answer {c:?}", so.name)),
-                        Err(s) => failures.lock().unwrap().push(format!("{}: {:?}: {}", so.name, s.code(), s.message())),
+                        Ok(c) if c.metrics.metric_values.len() == 1 && c.value() == 42.0 && c.active => latencies.lock().unwrap().push(t.elapsed()),
+                        Ok(c) => failures.lock().unwrap().push(format!(
+                            "{} at {:?}: unexpected answer {c:?}",
+                            so.name,
+                            phase_start.elapsed()
+                        )),
+                        Err(s) => failures.lock().unwrap().push(format!(
+                            "{} at {:?}: {:?}: {}",
+                            so.name,
+                            phase_start.elapsed(),
+                            s.code(),
+                            s.message()
+                        )),
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -268,7 +288,15 @@ async fn coalescing_300_scaled_objects() {
             pct(99),
             pct(100)
         );
-        assert!(failures.is_empty(), "{} failed RPC cycles, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+        let failing: std::collections::BTreeSet<&str> =
+            failures.iter().map(|f| f.split_once(' ').map_or(f.as_str(), |(n, _)| n)).collect();
+        assert!(
+            failures.is_empty(),
+            "{} failed RPC cycles on {} ScaledObjects {failing:?}; first: {:#?}",
+            failures.len(),
+            failing.len(),
+            &failures[..failures.len().min(5)]
+        );
         assert!(cycles >= OBJECTS, "every ScaledObject completed at least one cycle ({cycles})");
         assert!(queries >= 1.0, "ebb queried Prometheus at all ({queries})");
         assert!(

@@ -602,23 +602,7 @@ impl PrometheusScaler {
     /// Builds the HTTP client. `credential` replaces ebb's own Azure identity (tests inject a
     /// fake); it is used only when Azure managed Prometheus auth applies.
     fn build_poller(&self, credential: Option<Arc<dyn TokenCredential>>) -> Result<PrometheusPoller, ConfigErrors> {
-        let mut builder = reqwest::Client::builder().timeout(self.timeout).danger_accept_invalid_certs(self.unsafe_ssl);
-        if let Some(ca) = &self.ca {
-            let certs = reqwest::Certificate::from_pem_bundle(ca.0.as_bytes())
-                .map_err(|e| ConfigError::new("ca", format!("cannot be used: {}", chain(&e))))?;
-            builder = builder.tls_certs_merge(certs);
-        }
-        if let Some(tls) = &self.client_tls {
-            let identity = reqwest::Identity::from_pem(format!("{}\n{}", tls.cert.0, tls.key.0).as_bytes())
-                .map_err(|e| ConfigError::new("cert", format!("cannot be used with key: {}", chain(&e))))?;
-            builder = builder.identity(identity);
-        }
-        let client = builder.build().map_err(|e| match self.client_tls {
-            // rustls checks that the key belongs to the certificate here.
-            Some(_) => ConfigError::new("key", format!("cannot be used with cert: {}", chain(&e))),
-            None => ConfigError::new("serverAddress", format!("cannot build the HTTP client: {}", chain(&e))),
-        })?;
-
+        let client = shared_client(self.client_key(), || self.build_client())?;
         let esc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         let url_head = format!("{}?query={}", self.query_url, esc(&self.query));
         let mut url_tail = String::new();
@@ -646,9 +630,60 @@ impl PrometheusScaler {
     }
 }
 
+impl PrometheusScaler {
+    /// Identity of the client settings (TLS only: the timeout is set per request).
+    fn client_key(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update([u8::from(self.unsafe_ssl)]);
+        for part in [self.ca.as_ref().map(|c| &c.0), self.client_tls.as_ref().map(|t| &t.cert.0)] {
+            h.update(part.map_or(&[][..], |p| p.as_bytes()));
+            h.update([0xff]);
+        }
+        h.update(self.client_tls.as_ref().map_or(&[][..], |t| t.key.0.as_bytes()));
+        h.finalize().into()
+    }
+
+    fn build_client(&self) -> Result<reqwest::Client, ConfigErrors> {
+        let mut builder = reqwest::Client::builder().danger_accept_invalid_certs(self.unsafe_ssl);
+        if let Some(ca) = &self.ca {
+            let certs = reqwest::Certificate::from_pem_bundle(ca.0.as_bytes())
+                .map_err(|e| ConfigError::new("ca", format!("cannot be used: {}", chain(&e))))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        if let Some(tls) = &self.client_tls {
+            let identity = reqwest::Identity::from_pem(format!("{}\n{}", tls.cert.0, tls.key.0).as_bytes())
+                .map_err(|e| ConfigError::new("cert", format!("cannot be used with key: {}", chain(&e))))?;
+            builder = builder.identity(identity);
+        }
+        Ok(builder.build().map_err(|e| match self.client_tls {
+            // rustls checks that the key belongs to the certificate here.
+            Some(_) => ConfigError::new("key", format!("cannot be used with cert: {}", chain(&e))),
+            None => ConfigError::new("serverAddress", format!("cannot build the HTTP client: {}", chain(&e))),
+        })?)
+    }
+}
+
+/// One HTTP client per distinct TLS setup, shared by every source that uses it. A client holds
+/// its TLS configuration, root store and connection pool (about 150 KiB), so 1,000 queries on
+/// one Prometheus need one client, not 1,000. Entries go when their last poller does.
+fn shared_client(
+    key: [u8; 32],
+    build: impl FnOnce() -> Result<reqwest::Client, ConfigErrors>,
+) -> Result<Arc<reqwest::Client>, ConfigErrors> {
+    static CLIENTS: OnceLock<Mutex<Vec<([u8; 32], std::sync::Weak<reqwest::Client>)>>> = OnceLock::new();
+    let mut clients = CLIENTS.get_or_init(Default::default).lock().expect("client cache lock");
+    clients.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(c) = clients.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {
+        return Ok(c);
+    }
+    let client = Arc::new(build()?);
+    clients.push((key, Arc::downgrade(&client)));
+    Ok(client)
+}
+
 /// Polls one Prometheus query.
 struct PrometheusPoller {
-    client: reqwest::Client,
+    client: Arc<reqwest::Client>,
     /// `…/api/v1/query?query=<escaped>`; `&time=` follows.
     url_head: String,
     /// `[&namespace=…][&k=v…]`.
@@ -685,7 +720,7 @@ impl PrometheusPoller {
         if let Some(azure) = &self.azure {
             headers.insert(AUTHORIZATION, azure.header().await?);
         }
-        let response = self.client.get(url).headers(headers).send().await.map_err(|e| self.transport(e))?;
+        let response = self.client.get(url).timeout(self.timeout).headers(headers).send().await.map_err(|e| self.transport(e))?;
         let status = response.status();
         if status.is_success() {
             let body = read_body(response, MAX_BODY).await.map_err(|e| self.transport(e))?;

@@ -227,8 +227,7 @@ impl Engine {
     /// `first_poll_wait`) only while the source's first poll is running.
     pub async fn decide(&self, t: &Trigger) -> Result<Decision, EngineError> {
         let mut rx = t.source.status();
-        let ready = rx.borrow().polls > 0;
-        if ready {
+        if rx.borrow().polls > 0 {
             self.inner.metrics.cache_hits_total.inc();
         } else {
             self.inner.metrics.cache_misses_total.inc();
@@ -238,7 +237,7 @@ impl Engine {
                 return Err(EngineError::FirstPollPending { scaler: t.source.scaler_type, waited: wait });
             }
         }
-        let status = rx.borrow().clone();
+        let status = rx.borrow();
         self.decide_from(t, &status, Instant::now())
     }
 
