@@ -720,7 +720,8 @@ impl PrometheusPoller {
         if let Some(azure) = &self.azure {
             headers.insert(AUTHORIZATION, azure.header().await?);
         }
-        let response = self.client.get(url).timeout(self.timeout).headers(headers).send().await.map_err(|e| self.transport(e))?;
+        let response =
+            self.client.get(url).timeout(self.timeout).headers(headers).send().await.map_err(|e| self.transport(e))?;
         let status = response.status();
         if status.is_success() {
             let body = read_body(response, MAX_BODY).await.map_err(|e| self.transport(e))?;

@@ -74,7 +74,10 @@ impl Source {
     /// trigger gets the latest good measurement at once.
     pub fn attach(&self, trigger: &Arc<Trigger>) {
         self.interval_nanos.fetch_min(nanos(trigger.polling_interval()), Ordering::Relaxed);
-        self.triggers.lock().expect("triggers lock").push(Arc::downgrade(trigger));
+        // Held while reading the status: a poll publishing at this moment either sees the new
+        // trigger or has already set the measurement it then gets here (see `publish`).
+        let mut triggers = self.triggers.lock().expect("triggers lock");
+        triggers.push(Arc::downgrade(trigger));
         if let Some((at, m)) = &self.status.borrow().last_good {
             trigger.observe(m, *at);
         }
@@ -93,10 +96,6 @@ impl Source {
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
         self.stop.notify_one();
-    }
-
-    fn live_triggers(&self) -> Vec<Arc<Trigger>> {
-        self.triggers.lock().expect("triggers lock").iter().filter_map(Weak::upgrade).collect()
     }
 }
 
@@ -146,7 +145,10 @@ fn publish(
             }
             *failures = 0;
             let at = Instant::now();
-            for t in source.live_triggers() {
+            // Folding and publishing under the trigger list's lock: a trigger attaching
+            // meanwhile is either folded here or finds the new measurement (see `attach`).
+            let triggers = source.triggers.lock().expect("triggers lock");
+            for t in triggers.iter().filter_map(Weak::upgrade) {
                 t.observe(&m, at);
             }
             source.status.send_modify(|s| {
@@ -154,6 +156,7 @@ fn publish(
                 s.last_good = Some((at, m));
                 s.last_error = None;
             });
+            drop(triggers);
             debug!(took_ms = took.as_millis() as u64, "poll ok");
             source.interval()
         }
