@@ -146,15 +146,14 @@ async fn push_activity(engine: Engine, t: Arc<Trigger>, tx: mpsc::Sender<Result<
     let mut last: Option<bool> = None;
     loop {
         let snapshot = status.borrow_and_update().clone();
-        if snapshot.polls > 0 {
-            if let Ok(d) = engine.decide_from(&t, &snapshot, tokio::time::Instant::now()) {
-                if last != Some(d.active) {
-                    last = Some(d.active);
-                    debug!(active = d.active, "pushing activity");
-                    if tx.send(Ok(IsActiveResponse { result: d.active })).await.is_err() {
-                        break;
-                    }
-                }
+        if snapshot.polls > 0
+            && let Ok(d) = engine.decide_from(&t, &snapshot, tokio::time::Instant::now())
+            && last != Some(d.active)
+        {
+            last = Some(d.active);
+            debug!(active = d.active, "pushing activity");
+            if tx.send(Ok(IsActiveResponse { result: d.active })).await.is_err() {
+                break;
             }
         }
         tokio::select! {

@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::engine::{Engine, EngineConfig};
@@ -66,9 +66,10 @@ pub async fn spawn(opts: ServeOptions) -> anyhow::Result<Server> {
     let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
     let scaler = ExternalScalerServer::new(grpc::Scaler::new(engine.clone()));
     let grpc_task = tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(grpc_listener);
+        // The builder's `tcp_nodelay` applies only to listeners tonic binds itself; without it
+        // small answers wait on Nagle and delayed ACKs (40 ms stalls).
+        let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let served = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(scaler)
             .serve_with_incoming_shutdown(incoming, async {

@@ -2,12 +2,14 @@
 //! errors, the HTTP endpoints and shutdown. Values from a real Prometheus are checked in
 //! `prometheus_e2e.rs`.
 
-use std::collections::HashMap;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::ebb::{prom_metadata, so, so_owned};
 use ebb::engine::EngineConfig;
+use ebb::proto::GetMetricsRequest;
 use ebb::proto::external_scaler_client::ExternalScalerClient;
-use ebb::proto::{GetMetricsRequest, ScaledObjectRef};
 use ebb::server::{self, ServeOptions, Server};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -25,37 +27,14 @@ async fn start() -> (Server, Channel) {
     (srv, ch)
 }
 
-fn so(name: &str, pairs: &[(&str, &str)]) -> ScaledObjectRef {
-    ScaledObjectRef {
-        name: name.into(),
-        namespace: "default".into(),
-        scaler_metadata: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
-    }
-}
-
-/// A loopback port nothing listens on (bound once, then released).
-static CLOSED: std::sync::LazyLock<std::net::SocketAddr> =
-    std::sync::LazyLock::new(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
+/// A loopback address nothing listens on, the same for every call in this test binary.
+static CLOSED: std::sync::LazyLock<String> = std::sync::LazyLock::new(common::closed_url);
 
 /// A Prometheus trigger whose server is a closed loopback port: specs need no source.
 fn prom(extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let closed = *CLOSED;
-    let mut v: Vec<(String, String)> = [
-        ("scalerAddress", "ebb.keda.svc.cluster.local:9090"),
-        ("scalerType", "prometheus"),
-        ("query", "sum(queue_depth)"),
-        ("threshold", "12.5"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    v.push(("serverAddress".into(), format!("http://{closed}")));
-    v.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    v
-}
-
-fn so_owned(name: &str, pairs: &[(String, String)]) -> ScaledObjectRef {
-    ScaledObjectRef { name: name.into(), namespace: "default".into(), scaler_metadata: pairs.iter().cloned().collect() }
+    let mut with_threshold = vec![("threshold", "12.5")];
+    with_threshold.extend_from_slice(extra);
+    prom_metadata(&CLOSED, "sum(queue_depth)", &with_threshold)
 }
 
 #[tokio::test]

@@ -670,7 +670,8 @@ fn shared_client(
     key: [u8; 32],
     build: impl FnOnce() -> Result<reqwest::Client, ConfigErrors>,
 ) -> Result<Arc<reqwest::Client>, ConfigErrors> {
-    static CLIENTS: OnceLock<Mutex<Vec<([u8; 32], std::sync::Weak<reqwest::Client>)>>> = OnceLock::new();
+    type Cache = Mutex<Vec<([u8; 32], std::sync::Weak<reqwest::Client>)>>;
+    static CLIENTS: OnceLock<Cache> = OnceLock::new();
     let mut clients = CLIENTS.get_or_init(Default::default).lock().expect("client cache lock");
     clients.retain(|(_, w)| w.strong_count() > 0);
     if let Some(c) = clients.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {

@@ -97,10 +97,10 @@ pub fn parse(md: &Metadata<'_>, target: f64) -> Result<TriggerOptions, ConfigErr
         .unwrap_or(DEFAULT_STABILIZATION);
     let cooldown = collect(&mut errs, non_negative_seconds(md, "cooldownPeriod")).flatten().unwrap_or(DEFAULT_COOLDOWN);
     let metric_name = md.get("metricName").map(str::to_string);
-    if let Some(name) = &metric_name {
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-            errs.push(ConfigError::new("metricName", "may hold only letters, digits, '-', '_' and '.'"));
-        }
+    if let Some(name) = &metric_name
+        && !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        errs.push(ConfigError::new("metricName", "may hold only letters, digits, '-', '_' and '.'"));
     }
     errs.into_result()?;
     Ok(TriggerOptions {

@@ -167,7 +167,7 @@ fn publish(
                 .get_or_create(&ErrorLabels { scaler: source.scaler_type.to_string(), kind: e.kind().into() })
                 .inc();
             // Log the first failure and then every 10th, so a dead source does not flood.
-            if *failures == 1 || *failures % 10 == 0 {
+            if *failures == 1 || (*failures).is_multiple_of(10) {
                 warn!(failures = *failures, error = %e, "poll failed");
             }
             let delay = backoff(source.interval(), *failures, &e, config);

@@ -12,6 +12,7 @@
 pub mod ebb;
 pub mod prom;
 
+#[allow(unused_imports)] // not every test binary starts Prometheus
 pub use prom::PromStack;
 
 use std::net::{SocketAddr, TcpListener};
