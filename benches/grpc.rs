@@ -134,8 +134,7 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` does not, and then a short
     // smoke run checks that the bench still works.
     let full = std::env::args().any(|a| a == "--bench");
-    // One client thread: the server under test keeps the other core (2-core machines).
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(run(full));
 }
 
