@@ -16,6 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod azure;
 pub mod metadata;
 pub mod prometheus;
 pub mod registry;

@@ -944,7 +944,7 @@ impl AzureAuth {
             _ => {
                 let credential = match &self.credential {
                     Some(c) => c.clone(),
-                    None => default_credential().map_err(PollError::Credential)?,
+                    None => crate::azure::identity()?,
                 };
                 let t = credential
                     .get_token(&[self.scope.as_str()], None)
@@ -963,31 +963,6 @@ impl AzureAuth {
     }
 }
 
-/// ebb's own Azure identity, shared by every source (the credentials cache tokens per scope).
-/// Workload identity when `AZURE_FEDERATED_TOKEN_FILE` is set, else managed identity
-/// (user-assigned when `AZURE_CLIENT_ID` is set). A failure is not cached: the next poll
-/// tries again.
-fn default_credential() -> Result<Arc<dyn TokenCredential>, String> {
-    static CREDENTIAL: Mutex<Option<Arc<dyn TokenCredential>>> = Mutex::new(None);
-    let mut slot = CREDENTIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = slot.as_ref() {
-        return Ok(c.clone());
-    }
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let credential: Arc<dyn TokenCredential> = if env("AZURE_FEDERATED_TOKEN_FILE").is_some() {
-        azure_identity::WorkloadIdentityCredential::new(None)
-            .map_err(|e| format!("workload identity: {}", chain(&e)))?
-    } else {
-        let options = azure_identity::ManagedIdentityCredentialOptions {
-            user_assigned_id: env("AZURE_CLIENT_ID").map(azure_identity::UserAssignedId::ClientId),
-            ..Default::default()
-        };
-        azure_identity::ManagedIdentityCredential::new(Some(options))
-            .map_err(|e| format!("managed identity: {}", chain(&e)))?
-    };
-    *slot = Some(credential.clone());
-    Ok(credential)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Tests
