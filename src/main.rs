@@ -57,6 +57,10 @@ struct ServeArgs {
     /// Triggers unused for max(this, 10 × pollingInterval) are dropped (seconds).
     #[arg(long, env = "EBB_IDLE_TIMEOUT", default_value = "300", value_parser = seconds)]
     idle_timeout: Duration,
+    /// Directory of named secrets: `connectionRef: NAME` reads the file NAME in it (a mounted
+    /// Kubernetes Secret or Container Apps secret volume), re-read at every poll.
+    #[arg(long, env = "EBB_SECRETS_DIR", default_value = "/var/run/secrets/ebb")]
+    secrets_dir: std::path::PathBuf,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -83,6 +87,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    ebb_scalers::azure::set_secrets_dir(args.secrets_dir.clone());
     let opts = ServeOptions {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
