@@ -16,3 +16,16 @@ fi
 
 prometheus --version 2>&1 | head -1
 prometheus-pushgateway --version 2>&1 | head -1
+
+# Azurite (Azure Storage emulator) from npm, into <repo>/.services/azurite (gitignored).
+# Pinned: 3.36+ need Node >= 21, and CI should not change when Node does.
+AZURITE_VERSION=3.35.0
+AZURITE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.services/azurite"
+if ! "$AZURITE_DIR/node_modules/.bin/azurite" --version 2>/dev/null | grep -qx "$AZURITE_VERSION"; then
+  command -v npm >/dev/null 2>&1 || { echo "npm is required to install azurite" >&2; exit 1; }
+  echo "installing azurite@$AZURITE_VERSION into $AZURITE_DIR"
+  mkdir -p "$AZURITE_DIR"
+  [ -f "$AZURITE_DIR/package.json" ] || echo '{"name":"ebb-test-services","private":true}' > "$AZURITE_DIR/package.json"
+  npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
+fi
+echo "azurite $("$AZURITE_DIR/node_modules/.bin/azurite" --version)"

@@ -4,7 +4,7 @@
 //! - [`metadata`]: KEDA's metadata lookup rules (`<key>FromEnv`, trimming, typed values) and
 //!   [`ConfigError`]s that name the key at fault.
 //! - [`registry`]: KEDA trigger type names (`scalerType` metadata) → parsers.
-//! - one module per source: [`prometheus`].
+//! - one module per source: [`azure_queue`], [`azure_servicebus`], [`prometheus`].
 //!
 //! A source module parses the metadata into a typed config (no I/O) that implements
 //! [`Scaler`]. The config names its [`SourceKey`] (what is polled, without secrets); the
@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod azure;
+pub mod azure_queue;
+pub mod azure_servicebus;
 pub mod metadata;
 pub mod prometheus;
 pub mod registry;

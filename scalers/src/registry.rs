@@ -11,7 +11,11 @@ use crate::{ConfigError, ConfigErrors, Metadata, Scaler};
 pub type ParseFn = fn(&Metadata<'_>) -> Result<Arc<dyn Scaler>, ConfigErrors>;
 
 /// Every scaler type ebb serves, sorted by name.
-pub const SCALERS: &[(&str, ParseFn)] = &[("prometheus", crate::prometheus::parse)];
+pub const SCALERS: &[(&str, ParseFn)] = &[
+    ("azure-queue", crate::azure_queue::parse),
+    ("azure-servicebus", crate::azure_servicebus::parse),
+    ("prometheus", crate::prometheus::parse),
+];
 
 /// The metadata key naming the scaler type.
 pub const SCALER_TYPE_KEY: &str = "scalerType";

@@ -9,8 +9,10 @@
 
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod ebb;
 pub mod prom;
+pub mod servicebus;
 
 #[allow(unused_imports)] // not every test binary starts Prometheus
 pub use prom::PromStack;

@@ -150,9 +150,9 @@ pub fn secrets_dir() -> &'static Path {
 
 fn read_named_secret(name: &str) -> Result<String, PollError> {
     let path = secrets_dir().join(name);
-    std::fs::read_to_string(&path)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| PollError::Credential(format!("named secret {name:?} cannot be read from {}: {e}", path.display())))
+    std::fs::read_to_string(&path).map(|s| s.trim().to_string()).map_err(|e| {
+        PollError::Credential(format!("named secret {name:?} cannot be read from {}: {e}", path.display()))
+    })
 }
 
 /// A short, salted fingerprint of a secret for source keys: equal secrets give equal keys in
@@ -212,7 +212,10 @@ mod tests {
     fn clouds_and_suffixes_follow_keda() {
         let m = md(&[]);
         let m = Metadata::new(&m);
-        assert_eq!(Cloud::parse(&m).unwrap().suffix(&m, Service::Storage, "endpointSuffix").unwrap(), "core.windows.net");
+        assert_eq!(
+            Cloud::parse(&m).unwrap().suffix(&m, Service::Storage, "endpointSuffix").unwrap(),
+            "core.windows.net"
+        );
         let g = md(&[("cloud", "AzureUSGovernmentCloud")]);
         let g = Metadata::new(&g);
         assert_eq!(
