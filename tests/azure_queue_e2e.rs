@@ -8,7 +8,8 @@
 
 mod common;
 
-use std::future::Future;
+use common::within;
+
 use std::time::{Duration, Instant};
 
 use common::azurite::{Azurite, CountingProxy, connection_string};
@@ -16,13 +17,6 @@ use common::ebb::{Keda, assert_status, so_owned, start_ebb};
 use tonic::Code;
 
 const TEST_LIMIT: Duration = Duration::from_secs(90);
-
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(limit, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what} did not finish within {limit:?}"),
-    }
-}
 
 fn queue_md(connection: &str, queue: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut md: Vec<(String, String)> = vec![

@@ -8,7 +8,8 @@
 
 mod common;
 
-use std::future::Future;
+use common::{until, within};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,15 +22,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(120);
 /// How long a pushed value may take to become queryable (first scrape ≈ 5 s, then ≈ 1.3 s).
 const SCRAPE_WAIT: Duration = Duration::from_secs(30);
 
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(limit, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what} did not finish within {limit:?}"),
-    }
-}
-
-/// Repeats KEDA cycles (bounded: every 100 ms up to `limit`) until `done` holds; returns the
-/// last cycle. Panics with the last answer otherwise.
+/// Repeats KEDA cycles until `done` holds; see [`common::until`].
 async fn cycle_until(
     keda: &Keda,
     so: &ebb::proto::ScaledObjectRef,
@@ -37,21 +30,8 @@ async fn cycle_until(
     what: &str,
     done: impl Fn(&common::ebb::Cycle) -> bool,
 ) -> common::ebb::Cycle {
-    let start = Instant::now();
-    let max = (limit.as_millis() / 100) as usize + 1;
-    let mut last = None;
-    for _ in 0..max {
-        let c = keda.cycle(so).await.unwrap_or_else(|s| panic!("{what}: cycle failed: {s:?}"));
-        if done(&c) {
-            return c;
-        }
-        last = Some(c);
-        if start.elapsed() >= limit {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not reached within {limit:?}; last cycle: {last:?}");
+    until(limit, what, async || keda.cycle(so).await.unwrap_or_else(|s| panic!("{what}: cycle failed: {s:?}")), done)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@
 
 mod common;
 
-use std::future::Future;
+use common::{until, within};
+
 use std::time::{Duration, Instant};
 
 use common::ebb::{Keda, assert_status, so_owned, start_ebb, start_ebb_with};
@@ -17,13 +18,6 @@ use ebb::engine::EngineConfig;
 use tonic::Code;
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
-
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(limit, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what} did not finish within {limit:?}"),
-    }
-}
 
 /// `azure-servicebus` trigger metadata as KEDA sends it for an `external` trigger.
 fn sb_metadata(connection: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -38,29 +32,6 @@ fn sb_metadata(connection: &str, extra: &[(&str, &str)]) -> Vec<(String, String)
         md.push((k.to_string(), v.to_string()));
     }
     md
-}
-
-/// Repeats KEDA cycles (every 100 ms, up to `limit`) until `done` holds for the result.
-async fn until<T: std::fmt::Debug>(
-    limit: Duration,
-    what: &str,
-    mut step: impl AsyncFnMut() -> T,
-    done: impl Fn(&T) -> bool,
-) -> T {
-    let start = Instant::now();
-    let mut last = None;
-    for _ in 0..(limit.as_millis() / 100 + 1) {
-        let r = step().await;
-        if done(&r) {
-            return r;
-        }
-        last = Some(r);
-        if start.elapsed() >= limit {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not reached within {limit:?}; last: {last:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

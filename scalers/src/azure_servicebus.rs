@@ -937,7 +937,8 @@ mod tests {
     #[test]
     fn parse_table() {
         let c = ("connection", CONN);
-        let rows: &[(&str, &[(&str, &str)], Option<&str>)] = &[
+        type Row<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+        let rows: &[Row] = &[
             ("KEDA row 1: empty metadata", &[], Some("queueName")),
             ("KEDA row 2: properly formed queue", &[("queueName", "q"), c], None),
             ("KEDA row 3: topic and subscription", &[("topicName", "t"), ("subscriptionName", "s"), c], None),

@@ -17,7 +17,9 @@ pub mod servicebus;
 #[allow(unused_imports)] // not every test binary starts Prometheus
 pub use prom::PromStack;
 
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
 
 /// A loopback port that was free a moment ago (bind `127.0.0.1:0`, then drop the listener).
 /// Someone else may take it before it is used; callers that start servers on it retry.
@@ -40,4 +42,36 @@ pub fn unique_name(prefix: &str) -> String {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{prefix}_{}_{n}_{nanos:x}", std::process::id())
+}
+
+/// Runs `f`, failing the test if it takes longer than `limit`.
+pub async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(limit, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {limit:?}"),
+    }
+}
+
+/// Repeats `step` every 100 ms, up to `limit` (bounded in count and time), until `done`
+/// holds for its result; panics with the last result otherwise.
+pub async fn until<T: std::fmt::Debug>(
+    limit: Duration,
+    what: &str,
+    mut step: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let start = Instant::now();
+    let mut last = None;
+    for _ in 0..(limit.as_millis() / 100 + 1) {
+        let r = step().await;
+        if done(&r) {
+            return r;
+        }
+        last = Some(r);
+        if start.elapsed() >= limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached within {limit:?}; last: {last:?}");
 }
