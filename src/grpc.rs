@@ -32,8 +32,8 @@ impl Scaler {
         Self { engine }
     }
 
-    fn trigger<T>(&self, req: &Request<T>, r: &ScaledObjectRef) -> Result<Arc<Trigger>, Status> {
-        self.engine.trigger(&r.namespace, &r.name, &r.scaler_metadata, req.remote_addr()).map_err(to_status)
+    async fn trigger<T>(&self, req: &Request<T>, r: &ScaledObjectRef) -> Result<Arc<Trigger>, Status> {
+        self.engine.resolve(&r.namespace, &r.name, &r.scaler_metadata, req.remote_addr()).await.map_err(to_status)
     }
 }
 
@@ -66,7 +66,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl ExternalScaler for Scaler {
     #[instrument(level = "debug", skip_all, fields(namespace = %req.get_ref().namespace, scaledobject = %req.get_ref().name))]
     async fn is_active(&self, req: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
-        let t = self.trigger(&req, req.get_ref())?;
+        let t = self.trigger(&req, req.get_ref()).await?;
         let d = self.engine.decide(&t).await.map_err(to_status)?;
         Ok(Response::new(IsActiveResponse { result: d.active }))
     }
@@ -78,7 +78,7 @@ impl ExternalScaler for Scaler {
         &self,
         req: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
-        let t = self.trigger(&req, req.get_ref())?;
+        let t = self.trigger(&req, req.get_ref()).await?;
         let (tx, rx) = mpsc::channel(4);
         let engine = self.engine.clone();
         tokio::spawn(push_activity(engine, t, tx));
@@ -87,7 +87,7 @@ impl ExternalScaler for Scaler {
 
     #[instrument(level = "debug", skip_all, fields(namespace = %req.get_ref().namespace, scaledobject = %req.get_ref().name))]
     async fn get_metric_spec(&self, req: Request<ScaledObjectRef>) -> Result<Response<GetMetricSpecResponse>, Status> {
-        let t = self.trigger(&req, req.get_ref())?;
+        let t = self.trigger(&req, req.get_ref()).await?;
         Ok(Response::new(GetMetricSpecResponse { metric_specs: vec![metric_spec(&t)] }))
     }
 
@@ -98,7 +98,7 @@ impl ExternalScaler for Scaler {
             .scaled_object_ref
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("scaledObjectRef is missing"))?;
-        let t = self.trigger(&req, r)?;
+        let t = self.trigger(&req, r).await?;
         let d = self.engine.decide(&t).await.map_err(to_status)?;
         // KEDA relabels whatever name comes back; answer under the trigger's own name.
         Ok(Response::new(GetMetricsResponse { metric_values: vec![metric_value(&t.metric_name, d.metric)] }))
@@ -111,7 +111,7 @@ impl ExternalScaler for Scaler {
         &self,
         req: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
-        let t = self.trigger(&req, req.get_ref())?;
+        let t = self.trigger(&req, req.get_ref()).await?;
         let (tx, rx) = mpsc::channel(1);
         let engine = self.engine.clone();
         tokio::spawn(async move {

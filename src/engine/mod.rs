@@ -84,12 +84,24 @@ pub enum EngineError {
     Unavailable { scaler: &'static str, reason: String },
 }
 
+/// The metadata key naming a KEDA TriggerAuthentication in the ScaledObject's namespace.
+pub const AUTHENTICATION_REF: &str = "authenticationRef";
+
+/// Reads a TriggerAuthentication's parameters (`parameter → value`), for `authenticationRef`.
+/// The `k8s` feature provides one backed by the Kubernetes API. The error is a reason shown to
+/// KEDA: it must not carry a secret.
+#[async_trait::async_trait]
+pub trait AuthRefResolver: Send + Sync {
+    async fn resolve(&self, namespace: &str, name: &str) -> Result<HashMap<String, String>, String>;
+}
+
 /// Turns trigger metadata into a scaler config: [`ebb_scalers::parse`] in production.
 pub type ParseFn = fn(&HashMap<String, String>) -> Result<Arc<dyn ebb_scalers::Scaler>, ConfigErrors>;
 
 struct Inner {
     config: EngineConfig,
     parse: ParseFn,
+    auth_refs: Option<Arc<dyn AuthRefResolver>>,
     metrics: Arc<Metrics>,
     epoch: Instant,
     /// Triggers by [`trigger::trigger_hash`]; a bucket holds the rare collisions.
@@ -116,6 +128,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 config,
                 parse,
+                auth_refs: None,
                 metrics,
                 epoch: Instant::now(),
                 triggers: RwLock::new(HashMap::new()),
@@ -123,6 +136,12 @@ impl Engine {
                 closing: tokio::sync::watch::Sender::new(false),
             }),
         }
+    }
+
+    /// Turns on `authenticationRef` lookups. Call before the engine is shared.
+    pub fn with_auth_refs(mut self, resolver: Arc<dyn AuthRefResolver>) -> Self {
+        Arc::get_mut(&mut self.inner).expect("engine not shared yet").auth_refs = Some(resolver);
+        self
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -153,26 +172,80 @@ impl Engine {
         metadata: &HashMap<String, String>,
         peer: Option<SocketAddr>,
     ) -> Result<Arc<Trigger>, EngineError> {
-        let now = Instant::now();
-        let hash = trigger::trigger_hash(namespace, name, metadata);
-        let find = |map: &HashMap<u64, Vec<Arc<Trigger>>>| {
-            map.get(&hash).and_then(|bucket| {
-                bucket.iter().find(|t| t.namespace == namespace && t.name == name && &t.metadata == metadata).cloned()
-            })
-        };
-        if let Some(t) = find(&self.inner.triggers.read().expect("triggers lock")) {
-            t.touch(now);
+        if let Some(t) = self.find(namespace, name, metadata) {
             return Ok(t);
         }
+        if metadata.contains_key(AUTHENTICATION_REF) {
+            return Err(EngineError::InvalidMetadata(
+                ebb_scalers::ConfigError::new(AUTHENTICATION_REF, "needs the asynchronous lookup (Engine::resolve)")
+                    .into(),
+            ));
+        }
+        self.create(namespace, name, metadata, metadata, peer)
+    }
 
-        let scaler = (self.inner.parse)(metadata)?;
-        let options = policy::parse(&Metadata::new(metadata), scaler.target())?;
+    /// Like [`Engine::trigger`], and resolves `authenticationRef` (a KEDA TriggerAuthentication
+    /// in the ScaledObject's namespace) through the configured resolver when the trigger is new.
+    /// Its parameters fill keys the metadata does not set.
+    pub async fn resolve(
+        &self,
+        namespace: &str,
+        name: &str,
+        metadata: &HashMap<String, String>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Arc<Trigger>, EngineError> {
+        if let Some(t) = self.find(namespace, name, metadata) {
+            return Ok(t);
+        }
+        let Some(auth_ref) = Metadata::new(metadata).get(AUTHENTICATION_REF) else {
+            return self.create(namespace, name, metadata, metadata, peer);
+        };
+        let Some(resolver) = &self.inner.auth_refs else {
+            return Err(EngineError::InvalidMetadata(
+                ebb_scalers::ConfigError::new(
+                    AUTHENTICATION_REF,
+                    "TriggerAuthentication lookup is off: run ebb built with the k8s feature and `serve --kube`",
+                )
+                .into(),
+            ));
+        };
+        let params = resolver.resolve(namespace, auth_ref).await.map_err(|reason| {
+            EngineError::InvalidMetadata(ebb_scalers::ConfigError::new(AUTHENTICATION_REF, reason).into())
+        })?;
+        let mut merged = metadata.clone();
+        for (k, v) in params {
+            merged.entry(k).or_insert(v);
+        }
+        self.create(namespace, name, metadata, &merged, peer)
+    }
+
+    fn find(&self, namespace: &str, name: &str, metadata: &HashMap<String, String>) -> Option<Arc<Trigger>> {
+        let hash = trigger::trigger_hash(namespace, name, metadata);
+        let triggers = self.inner.triggers.read().expect("triggers lock");
+        let t = triggers.get(&hash)?.iter().find(|t| t.is(namespace, name, metadata))?.clone();
+        t.touch(Instant::now());
+        Some(t)
+    }
+
+    /// Creates the trigger named by (`namespace`, `name`, `metadata`), parsing `parse_md`
+    /// (the metadata with any TriggerAuthentication parameters merged in).
+    fn create(
+        &self,
+        namespace: &str,
+        name: &str,
+        metadata: &HashMap<String, String>,
+        parse_md: &HashMap<String, String>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Arc<Trigger>, EngineError> {
+        let hash = trigger::trigger_hash(namespace, name, metadata);
+        let scaler = (self.inner.parse)(parse_md)?;
+        let options = policy::parse(&Metadata::new(parse_md), scaler.target())?;
         let metric_name =
             options.metric_name.clone().unwrap_or_else(|| trigger::default_metric_name(scaler.scaler_type(), metadata));
 
         let mut triggers = self.inner.triggers.write().expect("triggers lock");
-        if let Some(t) = find(&triggers) {
-            return Ok(t);
+        if let Some(t) = triggers.get(&hash).and_then(|b| b.iter().find(|t| t.is(namespace, name, metadata))) {
+            return Ok(t.clone());
         }
         let source = self.source_for(scaler.as_ref(), options.polling_interval)?;
         let t = Arc::new(Trigger::new(

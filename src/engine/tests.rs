@@ -289,3 +289,41 @@ async fn replicas_mode_history_is_folded_by_the_poll_task() {
     let d = e.decide(&t).await.unwrap();
     assert_eq!((d.desired_replicas, d.active), (0, false), "10 s after the last active poll");
 }
+
+struct FakeAuthRefs;
+
+#[async_trait::async_trait]
+impl AuthRefResolver for FakeAuthRefs {
+    async fn resolve(&self, namespace: &str, name: &str) -> Result<HashMap<String, String>, String> {
+        match (namespace, name) {
+            ("ns", "fake-auth") => Ok(md(&[("activationThreshold", "50"), ("threshold", "999")])),
+            _ => Err(format!("TriggerAuthentication {namespace}/{name} not found")),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn authentication_ref_fills_missing_keys_only() {
+    let src = fake("auth-ref");
+    src.set(Ok(20.0));
+    let e = engine().with_auth_refs(Arc::new(FakeAuthRefs));
+    let meta = md(&[("source", "auth-ref"), ("threshold", "10"), ("authenticationRef", "fake-auth")]);
+    let t = e.resolve("ns", "so", &meta, None).await.unwrap();
+    assert_eq!(t.target(), 10.0, "the metadata's own threshold wins");
+    assert!(!e.decide(&t).await.unwrap().active, "activationThreshold 50 came from the TriggerAuthentication");
+    // Later requests find the trigger by KEDA's metadata, without another lookup.
+    assert!(Arc::ptr_eq(&t, &e.resolve("ns", "so", &meta, None).await.unwrap()));
+
+    let missing = md(&[("source", "auth-ref"), ("authenticationRef", "nope")]);
+    let err = e.resolve("ns", "so2", &missing, None).await.err().unwrap();
+    assert!(err.to_string().contains("authenticationRef") && err.to_string().contains("not found"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn authentication_ref_without_a_resolver_names_the_key() {
+    let e = engine();
+    let meta = md(&[("source", "auth-ref-off"), ("authenticationRef", "x")]);
+    let err = e.resolve("ns", "so", &meta, None).await.err().unwrap();
+    let EngineError::InvalidMetadata(errs) = &err else { panic!("{err}") };
+    assert_eq!(errs.keys(), vec!["authenticationRef"]);
+}

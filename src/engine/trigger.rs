@@ -84,6 +84,11 @@ impl Trigger {
         t
     }
 
+    /// Whether this is the trigger KEDA names by (`namespace`, `name`, `metadata`).
+    pub fn is(&self, namespace: &str, name: &str, metadata: &HashMap<String, String>) -> bool {
+        self.namespace == namespace && self.name == name && &self.metadata == metadata
+    }
+
     pub fn polling_interval(&self) -> Duration {
         self.options.polling_interval
     }
