@@ -7,6 +7,7 @@
 //! - [`server`]: wires the doors onto one engine (`ebb serve`).
 //! - [`check`]: `ebb check`, one poll and one decision from the command line.
 //! - [`metrics`]: ebb's own Prometheus metrics.
+//! - `k8s` (feature `k8s`): KEDA TriggerAuthentications read from the Kubernetes API.
 //! - [`proto`]: code generated from `proto/externalscaler.proto`.
 //!
 //! Event sources live in the `ebb-scalers` crate, which knows nothing of gRPC or KEDA's RPCs.
@@ -15,6 +16,8 @@ pub mod check;
 pub mod engine;
 pub mod grpc;
 pub mod http;
+#[cfg(feature = "k8s")]
+pub mod k8s;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;

@@ -61,6 +61,12 @@ struct ServeArgs {
     /// Kubernetes Secret or Container Apps secret volume), re-read at every poll.
     #[arg(long, env = "EBB_SECRETS_DIR", default_value = "/var/run/secrets/ebb")]
     secrets_dir: std::path::PathBuf,
+    /// Resolve `authenticationRef` trigger metadata: read KEDA TriggerAuthentications
+    /// (`spec.secretTargetRef`) and their Secrets from the Kubernetes API (in-cluster service
+    /// account or kubeconfig).
+    #[cfg(feature = "k8s")]
+    #[arg(long, env = "EBB_KUBE")]
+    kube: bool,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -99,12 +105,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             idle_timeout: args.idle_timeout,
             ..EngineConfig::default()
         },
+        auth_refs: auth_refs(&args).await?,
     };
     let server = server::spawn(opts).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+#[cfg(feature = "k8s")]
+async fn auth_refs(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<dyn ebb::engine::AuthRefResolver>>> {
+    use anyhow::Context;
+    if !args.kube {
+        return Ok(None);
+    }
+    let resolver = ebb::k8s::KubeAuthRefs::from_env()
+        .await
+        .context("--kube: no Kubernetes config (neither in-cluster service account nor kubeconfig)")?;
+    Ok(Some(std::sync::Arc::new(resolver)))
+}
+
+#[cfg(not(feature = "k8s"))]
+async fn auth_refs(_args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<dyn ebb::engine::AuthRefResolver>>> {
+    Ok(None)
 }
 
 async fn shutdown_signal() {

@@ -12,18 +12,31 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{AuthRefResolver, Engine, EngineConfig};
 use crate::grpc;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::proto::external_scaler_server::ExternalScalerServer;
 
 /// Where and how to serve.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub engine: EngineConfig,
+    /// Resolves `authenticationRef` (KEDA TriggerAuthentications); `None` turns it off.
+    pub auth_refs: Option<Arc<dyn AuthRefResolver>>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("engine", &self.engine)
+            .field("auth_refs", &self.auth_refs.is_some())
+            .finish()
+    }
 }
 
 impl Default for ServeOptions {
@@ -32,6 +45,7 @@ impl Default for ServeOptions {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             engine: EngineConfig::default(),
+            auth_refs: None,
         }
     }
 }
@@ -50,7 +64,10 @@ pub struct Server {
 pub async fn spawn(opts: ServeOptions) -> anyhow::Result<Server> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    let engine = Engine::new(opts.engine.clone(), metrics);
+    let mut engine = Engine::new(opts.engine.clone(), metrics);
+    if let Some(resolver) = opts.auth_refs.clone() {
+        engine = engine.with_auth_refs(resolver);
+    }
 
     let grpc_listener =
         TcpListener::bind(opts.grpc_addr).await.with_context(|| format!("binding gRPC address {}", opts.grpc_addr))?;

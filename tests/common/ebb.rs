@@ -22,10 +22,15 @@ pub async fn start_ebb() -> (Server, Keda) {
 }
 
 pub async fn start_ebb_with(engine: EngineConfig) -> (Server, Keda) {
+    start_ebb_with_opts(ServeOptions { engine, ..ServeOptions::default() }).await
+}
+
+/// Starts ebb with `opts`, its addresses replaced by `127.0.0.1:0`.
+pub async fn start_ebb_with_opts(opts: ServeOptions) -> (Server, Keda) {
     let opts = ServeOptions {
         grpc_addr: "127.0.0.1:0".parse().expect("addr"),
         http_addr: "127.0.0.1:0".parse().expect("addr"),
-        engine,
+        ..opts
     };
     let srv = server::spawn(opts).await.expect("ebb server starts");
     let keda = Keda::connect(&srv).await;
