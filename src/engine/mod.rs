@@ -209,9 +209,22 @@ impl Engine {
                 .into(),
             ));
         };
-        let params = resolver.resolve(namespace, auth_ref).await.map_err(|reason| {
-            EngineError::InvalidMetadata(ebb_scalers::ConfigError::new(AUTHENTICATION_REF, reason).into())
-        })?;
+        // Bounded like a first poll: KEDA's calls carry a 3 s deadline.
+        let wait = self.inner.config.first_poll_wait;
+        let params = match tokio::time::timeout(wait, resolver.resolve(namespace, auth_ref)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(reason)) => {
+                return Err(EngineError::InvalidMetadata(
+                    ebb_scalers::ConfigError::new(AUTHENTICATION_REF, reason).into(),
+                ));
+            }
+            Err(_) => {
+                return Err(EngineError::Unavailable {
+                    scaler: "authenticationRef",
+                    reason: format!("TriggerAuthentication {namespace}/{auth_ref} lookup took longer than {wait:?}"),
+                });
+            }
+        };
         let mut merged = metadata.clone();
         for (k, v) in params {
             merged.entry(k).or_insert(v);
