@@ -162,31 +162,11 @@ impl Engine {
         self.inner.triggers.read().expect("triggers lock").values().map(Vec::len).sum()
     }
 
-    /// Finds or creates the trigger KEDA names. No I/O: a new source starts polling in the
-    /// background. `peer` is logged once per new trigger, since a Container Apps rule that
-    /// never reaches ebb leaves no other trace.
-    pub fn trigger(
-        &self,
-        namespace: &str,
-        name: &str,
-        metadata: &HashMap<String, String>,
-        peer: Option<SocketAddr>,
-    ) -> Result<Arc<Trigger>, EngineError> {
-        if let Some(t) = self.find(namespace, name, metadata) {
-            return Ok(t);
-        }
-        if metadata.contains_key(AUTHENTICATION_REF) {
-            return Err(EngineError::InvalidMetadata(
-                ebb_scalers::ConfigError::new(AUTHENTICATION_REF, "needs the asynchronous lookup (Engine::resolve)")
-                    .into(),
-            ));
-        }
-        self.create(namespace, name, metadata, metadata, peer)
-    }
-
-    /// Like [`Engine::trigger`], and resolves `authenticationRef` (a KEDA TriggerAuthentication
-    /// in the ScaledObject's namespace) through the configured resolver when the trigger is new.
-    /// Its parameters fill keys the metadata does not set.
+    /// Finds or creates the trigger KEDA names. A new trigger's source starts polling in the
+    /// background; `authenticationRef` (a KEDA TriggerAuthentication in the ScaledObject's
+    /// namespace) is resolved through the configured resolver, its parameters filling keys the
+    /// metadata does not set. `peer` is logged once per new trigger, since a Container Apps rule
+    /// that never reaches ebb leaves no other trace.
     pub async fn resolve(
         &self,
         namespace: &str,

@@ -127,7 +127,7 @@ async fn one_poller_per_source_and_single_flight_first_poll() {
         let e = e.clone();
         let meta = meta.clone();
         tasks.push(tokio::spawn(async move {
-            let t = e.trigger("ns", &format!("so-{i}"), &meta, None).unwrap();
+            let t = e.resolve("ns", &format!("so-{i}"), &meta, None).await.unwrap();
             e.decide(&t).await.unwrap()
         }));
     }
@@ -145,9 +145,11 @@ async fn distinct_sources_poll_separately_and_thresholds_stay_per_trigger() {
     a.set(Ok(7.0));
     b.set(Ok(70.0));
     let e = engine();
-    let low = e.trigger("ns", "low", &md(&[("source", "distinct-a"), ("activationThreshold", "5")]), None).unwrap();
-    let high = e.trigger("ns", "high", &md(&[("source", "distinct-a"), ("activationThreshold", "50")]), None).unwrap();
-    let other = e.trigger("ns", "other", &md(&[("source", "distinct-b")]), None).unwrap();
+    let low =
+        e.resolve("ns", "low", &md(&[("source", "distinct-a"), ("activationThreshold", "5")]), None).await.unwrap();
+    let high =
+        e.resolve("ns", "high", &md(&[("source", "distinct-a"), ("activationThreshold", "50")]), None).await.unwrap();
+    let other = e.resolve("ns", "other", &md(&[("source", "distinct-b")]), None).await.unwrap();
     assert!(e.decide(&low).await.unwrap().active);
     assert!(!e.decide(&high).await.unwrap().active, "same source, own activation threshold");
     assert_eq!(e.decide(&other).await.unwrap().metric, 70.0);
@@ -159,9 +161,9 @@ async fn distinct_sources_poll_separately_and_thresholds_stay_per_trigger() {
 async fn source_polls_at_the_smallest_interval_asked() {
     let src = fake("interval");
     let e = engine_with(EngineConfig { jitter: 0.0, ..EngineConfig::default() });
-    let slow = e.trigger("ns", "slow", &md(&[("source", "interval"), ("pollingInterval", "10")]), None).unwrap();
+    let slow = e.resolve("ns", "slow", &md(&[("source", "interval"), ("pollingInterval", "10")]), None).await.unwrap();
     e.decide(&slow).await.unwrap();
-    let fast = e.trigger("ns", "fast", &md(&[("source", "interval"), ("pollingInterval", "0.5")]), None).unwrap();
+    let fast = e.resolve("ns", "fast", &md(&[("source", "interval"), ("pollingInterval", "0.5")]), None).await.unwrap();
     // The slow interval's sleep is already running; from the next poll on, 0.5 s applies.
     tokio::time::sleep(Duration::from_millis(10_050)).await;
     let at_ten = src.polls();
@@ -175,7 +177,7 @@ async fn slow_first_poll_answers_unavailable_within_the_bound() {
     let src = fake("slow-first");
     *src.delay.lock().unwrap() = Duration::from_secs(2);
     let e = engine();
-    let t = e.trigger("ns", "so", &md(&[("source", "slow-first")]), None).unwrap();
+    let t = e.resolve("ns", "so", &md(&[("source", "slow-first")]), None).await.unwrap();
     let started = Instant::now();
     let err = e.decide(&t).await.unwrap_err();
     assert!(matches!(err, EngineError::FirstPollPending { .. }), "{err}");
@@ -192,7 +194,7 @@ async fn last_good_value_serves_until_stale_then_unavailable_then_recovers() {
     src.set(Ok(12.0));
     let config = EngineConfig { jitter: 0.0, max_staleness: Duration::from_secs(20), ..EngineConfig::default() };
     let e = engine_with(config);
-    let t = e.trigger("ns", "so", &md(&[("source", "stale"), ("pollingInterval", "1")]), None).unwrap();
+    let t = e.resolve("ns", "so", &md(&[("source", "stale"), ("pollingInterval", "1")]), None).await.unwrap();
     assert_eq!(e.decide(&t).await.unwrap().metric, 12.0);
     src.set(Err(PollError::Connect("connection refused".into())));
     tokio::time::sleep(Duration::from_secs(19)).await;
@@ -215,8 +217,8 @@ async fn failing_source_backs_off_and_throttling_backs_off_longer() {
     let throttled = fake("throttled");
     throttled.set(Err(PollError::Throttled { detail: "HTTP 429".into(), retry_after: None }));
     let e = engine_with(EngineConfig { jitter: 0.0, ..EngineConfig::default() });
-    let a = e.trigger("ns", "a", &md(&[("source", "backoff"), ("pollingInterval", "1")]), None).unwrap();
-    let b = e.trigger("ns", "b", &md(&[("source", "throttled"), ("pollingInterval", "1")]), None).unwrap();
+    let a = e.resolve("ns", "a", &md(&[("source", "backoff"), ("pollingInterval", "1")]), None).await.unwrap();
+    let b = e.resolve("ns", "b", &md(&[("source", "throttled"), ("pollingInterval", "1")]), None).await.unwrap();
     assert!(e.decide(&a).await.is_err());
     assert!(e.decide(&b).await.is_err());
     tokio::time::sleep(Duration::from_secs(59)).await;
@@ -229,10 +231,10 @@ async fn failing_source_backs_off_and_throttling_backs_off_longer() {
 #[tokio::test(start_paused = true)]
 async fn invalid_metadata_names_the_key() {
     let e = engine();
-    let err = e.trigger("ns", "so", &md(&[("threshold", "x")]), None).err().unwrap();
+    let err = e.resolve("ns", "so", &md(&[("threshold", "x")]), None).await.err().unwrap();
     let EngineError::InvalidMetadata(errs) = &err else { panic!("{err}") };
     assert_eq!(errs.keys(), vec!["source", "threshold"]);
-    let err = e.trigger("ns", "so", &md(&[("source", "bad-policy"), ("outputMode", "x")]), None).err().unwrap();
+    let err = e.resolve("ns", "so", &md(&[("source", "bad-policy"), ("outputMode", "x")]), None).await.err().unwrap();
     assert!(err.to_string().contains("outputMode"), "{err}");
     assert_eq!(e.source_count(), 0, "nothing polled for bad metadata");
 }
@@ -241,7 +243,7 @@ async fn invalid_metadata_names_the_key() {
 async fn idle_triggers_are_dropped_and_their_source_stops() {
     let src = fake("idle");
     let e = engine_with(EngineConfig { jitter: 0.0, idle_timeout: Duration::from_secs(60), ..EngineConfig::default() });
-    let t = e.trigger("ns", "so", &md(&[("source", "idle"), ("pollingInterval", "1")]), None).unwrap();
+    let t = e.resolve("ns", "so", &md(&[("source", "idle"), ("pollingInterval", "1")]), None).await.unwrap();
     e.decide(&t).await.unwrap();
     drop(t);
     e.sweep(Instant::now() + Duration::from_secs(30));
@@ -258,7 +260,7 @@ async fn idle_triggers_are_dropped_and_their_source_stops() {
 async fn open_streams_keep_a_trigger_alive() {
     let _src = fake("streamed");
     let e = engine_with(EngineConfig { idle_timeout: Duration::from_secs(60), ..EngineConfig::default() });
-    let t = e.trigger("ns", "so", &md(&[("source", "streamed")]), None).unwrap();
+    let t = e.resolve("ns", "so", &md(&[("source", "streamed")]), None).await.unwrap();
     let guard = t.stream_guard();
     tokio::time::sleep(Duration::from_secs(120)).await;
     e.sweep(Instant::now());
@@ -278,7 +280,7 @@ async fn replicas_mode_history_is_folded_by_the_poll_task() {
     let e = engine_with(EngineConfig { jitter: 0.0, ..EngineConfig::default() });
     let meta =
         md(&[("source", "history"), ("pollingInterval", "1"), ("outputMode", "replicas"), ("cooldownPeriod", "10")]);
-    let t = e.trigger("ns", "so", &meta, None).unwrap();
+    let t = e.resolve("ns", "so", &meta, None).await.unwrap();
     assert_eq!(e.decide(&t).await.unwrap().desired_replicas, 6);
     tokio::time::sleep(Duration::from_millis(500)).await;
     src.set(Ok(0.0));
