@@ -263,8 +263,8 @@ impl Scaler for AzureQueueScaler {
     }
 
     fn evaluate(&self, m: &Measurement) -> Evaluation {
-        let Measurement::Value(v) = m;
-        Evaluation { metric: *v, active: *v > self.activation_queue_length as f64 }
+        let v = m.scalar();
+        Evaluation { metric: v, active: v > self.activation_queue_length as f64 }
     }
 
     fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
@@ -430,6 +430,68 @@ pub fn queue_service_sas(account: &str, key: &AccountKey, queue: &str, permissio
         .append_pair("sp", permissions)
         .append_pair("sig", &sig)
         .finish()
+}
+
+/// A blob **container** service SAS (`sr=c`) with `permissions`, ending at `expiry` (seconds
+/// since the epoch), as a query string without `?`. String to sign (version 2020-12-06 and
+/// later): `sp \n st \n se \n /blob/<account>/<container> \n si \n sip \n spr \n sv \n sr \n
+/// snapshot \n ses \n rscc \n rscd \n rsce \n rscl \n rsct`.
+pub fn blob_container_sas(account: &str, key: &AccountKey, container: &str, permissions: &str, expiry: u64) -> String {
+    let se = iso8601(expiry);
+    let resource = format!("/blob/{account}/{container}");
+    let fields = [permissions, "", &se, &resource, "", "", "", SAS_VERSION, "c", "", "", "", "", "", "", ""];
+    let sig = key.sign(&fields.join("\n"));
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("sv", SAS_VERSION)
+        .append_pair("se", &se)
+        .append_pair("sr", "c")
+        .append_pair("sp", permissions)
+        .append_pair("sig", &sig)
+        .finish()
+}
+
+/// The blob service endpoint of a storage connection string, without a trailing `/`:
+/// `BlobEndpoint`, Azurite's `http://127.0.0.1:10000/devstoreaccount1` for
+/// `UseDevelopmentStorage=true`, else `<protocol>://<account>.blob.<suffix>`. Errors never carry
+/// a value.
+pub fn blob_endpoint(s: &str) -> Result<Url, String> {
+    let (mut protocol, mut account, mut suffix, mut endpoint, mut dev) = (None, None, None, None, false);
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else { continue };
+        let v = v.trim().to_string();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "defaultendpointsprotocol" => protocol = Some(v),
+            "accountname" => account = Some(v),
+            "endpointsuffix" => suffix = Some(v),
+            "blobendpoint" => endpoint = Some(v),
+            "usedevelopmentstorage" => dev = v.eq_ignore_ascii_case("true"),
+            _ => {}
+        }
+    }
+    let mut url = match endpoint.filter(|e| !e.is_empty()) {
+        Some(e) => {
+            let url = Url::parse(&e).map_err(|_| "connection string: BlobEndpoint is not a URL".to_string())?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() || url.query().is_some() {
+                return Err("connection string: BlobEndpoint must be an http(s) URL without a query".into());
+            }
+            url
+        }
+        None if dev => Url::parse("http://127.0.0.1:10000/devstoreaccount1").expect("static URL"),
+        None => {
+            let account =
+                account.filter(|a| !a.is_empty()).ok_or("connection string: needs AccountName or BlobEndpoint")?;
+            let protocol = protocol.as_deref().unwrap_or("https").to_ascii_lowercase();
+            if protocol != "https" && protocol != "http" {
+                return Err("connection string: DefaultEndpointsProtocol must be http or https".into());
+            }
+            let suffix = suffix.as_deref().unwrap_or("core.windows.net").trim_start_matches('.').to_string();
+            Url::parse(&format!("{protocol}://{account}.blob.{suffix}"))
+                .map_err(|_| "connection string: AccountName and EndpointSuffix do not form a host".to_string())?
+        }
+    };
+    let trimmed = url.path().trim_end_matches('/').to_string();
+    url.set_path(&trimmed);
+    Ok(url)
 }
 
 /// `YYYY-MM-DDThh:mm:ssZ` for seconds since the epoch (UTC).

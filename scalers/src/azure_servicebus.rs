@@ -309,7 +309,7 @@ fn auth(md: &Metadata<'_>) -> Result<Auth, ConfigError> {
 
 /// A secret string; `Debug` prints `***`.
 #[derive(Clone, PartialEq, Eq)]
-struct Secret(String);
+pub(crate) struct Secret(pub(crate) String);
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -319,7 +319,7 @@ impl fmt::Debug for Secret {
 
 /// How a connection string authenticates.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum SasCredential {
+pub(crate) enum SasCredential {
     /// A shared access key: ebb signs tokens.
     Key { name: String, key: Secret },
     /// A ready token (`SharedAccessSignature sr=…`), sent as is.
@@ -328,17 +328,17 @@ enum SasCredential {
 
 /// A parsed Service Bus connection string.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ConnectionString {
+pub(crate) struct ConnectionString {
     /// `host[:port]` of `Endpoint=`.
-    host: String,
-    credential: SasCredential,
-    entity_path: Option<String>,
+    pub(crate) host: String,
+    pub(crate) credential: SasCredential,
+    pub(crate) entity_path: Option<String>,
 }
 
 impl ConnectionString {
     /// Parses `k=v;k=v` (keys case-insensitive, values may contain `=`). The reason never
     /// carries a value.
-    fn parse(s: &str) -> Result<ConnectionString, String> {
+    pub(crate) fn parse(s: &str) -> Result<ConnectionString, String> {
         let (mut endpoint, mut key_name, mut key, mut sas, mut entity_path) = (None, None, None, None, None);
         for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
             let Some((k, v)) = part.split_once('=') else {
@@ -380,7 +380,7 @@ impl ConnectionString {
 }
 
 /// `host[:port]` of `sb://host[:port]/…` (any scheme is accepted and dropped).
-fn endpoint_host(endpoint: &str) -> Option<String> {
+pub(crate) fn endpoint_host(endpoint: &str) -> Option<String> {
     let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
     let host = rest.split('/').next().unwrap_or_default();
     let ok =
@@ -389,7 +389,7 @@ fn endpoint_host(endpoint: &str) -> Option<String> {
 }
 
 /// `http` for a loopback host (the tests' wire double), else `https`.
-fn scheme_for(host: &str) -> &'static str {
+pub(crate) fn scheme_for(host: &str) -> &'static str {
     let name = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or_default()
     } else {
@@ -400,13 +400,13 @@ fn scheme_for(host: &str) -> &'static str {
 }
 
 /// `application/x-www-form-urlencoded` escaping, as SAS tokens use.
-fn form_encode(s: &str) -> String {
+pub(crate) fn form_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// A SAS token for `uri`, valid until `expiry` (Unix seconds): HMAC-SHA256 with the key's
 /// UTF-8 bytes over `urlenc(uri) + "\n" + expiry`.
-fn sas_token(uri: &str, key_name: &str, key: &str, expiry: u64) -> String {
+pub(crate) fn sas_token(uri: &str, key_name: &str, key: &str, expiry: u64) -> String {
     let sr = form_encode(uri);
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(format!("{sr}\n{expiry}").as_bytes());
@@ -416,7 +416,7 @@ fn sas_token(uri: &str, key_name: &str, key: &str, expiry: u64) -> String {
 }
 
 /// Percent-encodes an entity path (queue names may hold `/`, which is kept).
-fn path_encode(s: &str) -> String {
+pub(crate) fn path_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
@@ -450,9 +450,8 @@ impl Scaler for ServiceBusScaler {
     }
 
     fn evaluate(&self, m: &Measurement) -> Evaluation {
-        match m {
-            Measurement::Value(v) => Evaluation { metric: *v, active: *v > self.activation_message_count as f64 },
-        }
+        let v = m.scalar();
+        Evaluation { metric: v, active: v > self.activation_message_count as f64 }
     }
 
     fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
@@ -479,7 +478,7 @@ impl ServiceBusScaler {
 
 /// One HTTP client for every Service Bus source (default TLS settings), dropped with the last
 /// poller.
-fn shared_client() -> Result<Arc<reqwest::Client>, ConfigErrors> {
+pub(crate) fn shared_client() -> Result<Arc<reqwest::Client>, ConfigErrors> {
     static CLIENT: Mutex<Weak<reqwest::Client>> = Mutex::new(Weak::new());
     let mut slot = CLIENT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(c) = slot.upgrade() {
@@ -703,12 +702,12 @@ impl ServiceBusPoller {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Reads the body up to [`MAX_BODY`].
-async fn read_body(mut response: reqwest::Response) -> Result<String, reqwest::Error> {
+pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<String, reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         body.extend_from_slice(&chunk);
@@ -720,7 +719,7 @@ async fn read_body(mut response: reqwest::Response) -> Result<String, reqwest::E
 }
 
 /// `Retry-After` as seconds or an HTTP date.
-fn retry_after(v: &HeaderValue) -> Option<Duration> {
+pub(crate) fn retry_after(v: &HeaderValue) -> Option<Duration> {
     let v = v.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -730,7 +729,7 @@ fn retry_after(v: &HeaderValue) -> Option<Duration> {
 }
 
 /// Service Bus error answers are `<Error><Code>…</Code><Detail>…</Detail></Error>`.
-fn error_detail(body: &str) -> String {
+pub(crate) fn error_detail(body: &str) -> String {
     if let Some(detail) = element_text(body, "Detail") {
         return excerpt(&detail);
     }
@@ -738,7 +737,7 @@ fn error_detail(body: &str) -> String {
 }
 
 /// Removes every occurrence of a secret (and its URL-decoded form) from `text`.
-fn scrub(text: &str, secrets: &[String]) -> String {
+pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_owned();
     for s in secrets.iter().filter(|s| s.len() >= 4) {
         out = out.replace(s.as_str(), "***");
@@ -889,7 +888,7 @@ fn push_text(path: &[Vec<u8>], entry: Option<&mut AtomEntry>, text: &str) {
 }
 
 /// The text of the first element named `local` (any prefix), if the body is XML.
-fn element_text(body: &str, local: &str) -> Option<String> {
+pub(crate) fn element_text(body: &str, local: &str) -> Option<String> {
     let mut reader = quick_xml::Reader::from_str(body);
     let mut inside = false;
     let mut out = String::new();

@@ -4,7 +4,7 @@
 //! - [`metadata`]: KEDA's metadata lookup rules (`<key>FromEnv`, trimming, typed values) and
 //!   [`ConfigError`]s that name the key at fault.
 //! - [`registry`]: KEDA trigger type names (`scalerType` metadata) → parsers.
-//! - one module per source: [`azure_queue`], [`azure_servicebus`], [`prometheus`].
+//! - one module per source: [`azure_eventhub`], [`azure_queue`], [`azure_servicebus`], [`prometheus`].
 //!
 //! A source module parses the metadata into a typed config (no I/O) that implements
 //! [`Scaler`]. The config names its [`SourceKey`] (what is polled, without secrets); the
@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod azure;
+pub mod azure_eventhub;
 pub mod azure_queue;
 pub mod azure_servicebus;
 pub mod metadata;
@@ -42,6 +43,20 @@ impl fmt::Display for SourceKey {
 pub enum Measurement {
     /// A single sample (Prometheus query result).
     Value(f64),
+    /// Event Hubs: the uncapped total of unprocessed events over every partition, and the
+    /// number of partitions (the trigger caps the metric at `partitions × threshold`).
+    Partitions { unprocessed: f64, partitions: u32 },
+}
+
+impl Measurement {
+    /// The measurement as one number: the sample, or the uncapped unprocessed total. Lets a
+    /// scaler read a foreign variant without panicking.
+    pub fn scalar(&self) -> f64 {
+        match self {
+            Measurement::Value(v) => *v,
+            Measurement::Partitions { unprocessed, .. } => *unprocessed,
+        }
+    }
 }
 
 /// A measurement read through one trigger's thresholds.

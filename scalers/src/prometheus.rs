@@ -586,6 +586,9 @@ impl Scaler for PrometheusScaler {
     fn evaluate(&self, m: &Measurement) -> Evaluation {
         match m {
             Measurement::Value(v) => Evaluation { metric: *v, active: *v > self.activation_threshold },
+            Measurement::Partitions { unprocessed, .. } => {
+                Evaluation { metric: *unprocessed, active: *unprocessed > self.activation_threshold }
+            }
         }
     }
 

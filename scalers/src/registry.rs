@@ -12,6 +12,7 @@ pub type ParseFn = fn(&Metadata<'_>) -> Result<Arc<dyn Scaler>, ConfigErrors>;
 
 /// Every scaler type ebb serves, sorted by name.
 pub const SCALERS: &[(&str, ParseFn)] = &[
+    ("azure-eventhub", crate::azure_eventhub::parse),
     ("azure-queue", crate::azure_queue::parse),
     ("azure-servicebus", crate::azure_servicebus::parse),
     ("prometheus", crate::prometheus::parse),

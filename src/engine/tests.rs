@@ -84,8 +84,8 @@ impl Scaler for FakeScaler {
         Duration::from_secs(3)
     }
     fn evaluate(&self, m: &Measurement) -> Evaluation {
-        let Measurement::Value(v) = m;
-        Evaluation { metric: *v, active: *v > self.activation }
+        let v = m.scalar();
+        Evaluation { metric: v, active: v > self.activation }
     }
     fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
         Ok(Arc::new(FakePoller(fake(&self.name))))

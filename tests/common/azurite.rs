@@ -27,6 +27,7 @@ pub struct Azurite {
     _dir: TempDir,
     log: PathBuf,
     pub queue_port: u16,
+    pub blob_port: u16,
     http: reqwest::Client,
 }
 
@@ -78,15 +79,23 @@ impl Azurite {
             _dir: dir,
             log,
             queue_port: 0,
+            blob_port: 0,
             http: reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client"),
         };
         const MARK: &str = "Queue service is successfully listening at http://127.0.0.1:";
+        const BLOB_MARK: &str = "Blob service is successfully listening at http://127.0.0.1:";
+        let port_after = |text: &str, mark: &str| {
+            text.find(mark).map(|i| {
+                let digits: String = text[i + mark.len()..].chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u16>().expect("port in azurite log")
+            })
+        };
         let start = Instant::now();
         for _ in 0..(START_TIMEOUT.as_millis() / 50) {
             let text = std::fs::read_to_string(&az.log).unwrap_or_default();
-            if let Some(i) = text.find(MARK) {
-                let digits: String = text[i + MARK.len()..].chars().take_while(char::is_ascii_digit).collect();
-                az.queue_port = digits.parse().expect("queue port in azurite log");
+            if let (Some(q), Some(b)) = (port_after(&text, MARK), port_after(&text, BLOB_MARK)) {
+                az.queue_port = q;
+                az.blob_port = b;
                 return az;
             }
             if let Ok(Some(status)) = az.child.try_wait() {
@@ -111,6 +120,34 @@ impl Azurite {
     /// The explicit dev connection string pointing at this instance.
     pub fn connection_string(&self) -> String {
         connection_string(self.queue_port, DEV_KEY)
+    }
+
+    /// `http://127.0.0.1:<blob port>/devstoreaccount1`.
+    pub fn blob_endpoint(&self) -> String {
+        endpoint(self.blob_port)
+    }
+
+    /// A dev storage connection string for the blob service of this instance.
+    pub fn blob_connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};BlobEndpoint={};",
+            self.blob_endpoint()
+        )
+    }
+
+    pub async fn create_container(&self, container: &str) {
+        let url = format!("{}/{container}?restype=container", self.blob_endpoint());
+        let r = self.send_with(reqwest::Method::PUT, &url, None, &[]).await;
+        assert!(r.status().as_u16() == 201, "create container {container}: {r:?}");
+    }
+
+    /// Uploads a block blob `name` (may hold `/`) with `body` and `x-ms-meta-*` `metadata`.
+    pub async fn put_blob(&self, container: &str, name: &str, body: &str, metadata: &[(&str, &str)]) {
+        let url = format!("{}/{container}/{name}", self.blob_endpoint());
+        let mut extra = vec![("x-ms-blob-type".to_string(), "BlockBlob".to_string())];
+        extra.extend(metadata.iter().map(|(k, v)| (format!("x-ms-meta-{k}"), v.to_string())));
+        let r = self.send_with(reqwest::Method::PUT, &url, Some(body.to_string()), &extra).await;
+        assert_eq!(r.status().as_u16(), 201, "put blob {container}/{name}: {r:?}");
     }
 
     pub async fn create_queue(&self, queue: &str) {
@@ -139,6 +176,17 @@ impl Azurite {
 
     /// A Shared Key signed request (reference/services.md §1).
     async fn send(&self, method: reqwest::Method, url: &str, body: Option<String>) -> reqwest::Response {
+        self.send_with(method, url, body, &[]).await
+    }
+
+    /// A Shared Key signed request with extra `x-ms-*` headers (canonicalized, sorted).
+    async fn send_with(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<String>,
+        extra: &[(String, String)],
+    ) -> reqwest::Response {
         let parsed = reqwest::Url::parse(url).expect("url");
         let date = http_date(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs());
         let mut resource = format!("/{DEV_ACCOUNT}{}", parsed.path());
@@ -152,8 +200,12 @@ impl Azurite {
             Some(b) => (b.len().to_string(), "application/xml"),
             None => (String::new(), ""),
         };
-        let sts =
-            format!("{method}\n\n\n{len}\n\n{ct}\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{VERSION}\n{resource}");
+        let mut ms: Vec<(String, String)> =
+            vec![("x-ms-date".into(), date.clone()), ("x-ms-version".into(), VERSION.into())];
+        ms.extend(extra.iter().map(|(k, v)| (k.to_lowercase(), v.clone())));
+        ms.sort();
+        let canonical: String = ms.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+        let sts = format!("{method}\n\n\n{len}\n\n{ct}\n\n\n\n\n\n\n{canonical}{resource}");
         let sig = AccountKey::from_base64(DEV_KEY).expect("dev key").sign(&sts);
         let mut req = self
             .http
@@ -161,6 +213,9 @@ impl Azurite {
             .header("x-ms-date", &date)
             .header("x-ms-version", VERSION)
             .header("Authorization", format!("SharedKey {DEV_ACCOUNT}:{sig}"));
+        for (k, v) in extra {
+            req = req.header(k.as_str(), v.as_str());
+        }
         req = match body {
             Some(b) => req.header("Content-Type", ct).body(b),
             None if method == reqwest::Method::PUT || method == reqwest::Method::POST => {

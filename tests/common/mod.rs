@@ -11,6 +11,7 @@
 
 pub mod azurite;
 pub mod ebb;
+pub mod eventhubs;
 pub mod prom;
 pub mod servicebus;
 

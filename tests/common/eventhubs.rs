@@ -1,0 +1,218 @@
+//! A wire-level double of the Azure Event Hubs runtime REST API (ATOM XML), on loopback.
+//!
+//! No Event Hubs emulator that serves this API runs on these machines, so this server answers
+//! as the documented runtime API does: `GET /{hub}?api-version=2015-01` (`EventHubDescription`
+//! with `PartitionIds`) and `GET /{hub}/consumergroups/{cg}/partitions/{id}?api-version=2015-01`
+//! (`PartitionDescription`), bodies from `tests/fixtures/eventhubs/`. Every request must carry a
+//! SAS token that the double verifies with the shared key (HMAC-SHA256 over `sr + "\n" + se`,
+//! key as UTF-8 bytes, audience a prefix of the request URL); otherwise 401. ebb's client is the
+//! production code; only `Endpoint=sb://127.0.0.1:<port>/` points it here.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+pub const KEY_NAME: &str = "RootManageSharedAccessKey";
+pub const KEY: &str = "ZWgta2V5LWZvci1lYmI=eh-double-5d2e";
+
+struct State {
+    hub: String,
+    /// (begin, end) per partition id "0", "1", …
+    partitions: Mutex<Vec<(i64, i64)>>,
+    hub_requests: AtomicUsize,
+    partition_requests: AtomicUsize,
+    rejected: AtomicUsize,
+    log: Mutex<Vec<String>>,
+}
+
+pub struct EventHubsDouble {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EventHubsDouble {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/eventhubs/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+impl EventHubsDouble {
+    pub async fn start(hub: &str, partitions: Vec<(i64, i64)>) -> EventHubsDouble {
+        let state = Arc::new(State {
+            hub: hub.to_string(),
+            partitions: Mutex::new(partitions),
+            hub_requests: AtomicUsize::new(0),
+            partition_requests: AtomicUsize::new(0),
+            rejected: AtomicUsize::new(0),
+            log: Mutex::new(Vec::new()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local_addr");
+        let s = state.clone();
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+            let s = s.clone();
+            async move { answer(&s, addr, &uri, &headers) }
+        });
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.ok();
+        });
+        EventHubsDouble { addr, state, task }
+    }
+
+    /// `Endpoint=sb://127.0.0.1:<port>/;…;EntityPath=<hub>` with `key`.
+    pub fn connection_string_with(&self, key: &str) -> String {
+        format!(
+            "Endpoint=sb://{}/;SharedAccessKeyName={KEY_NAME};SharedAccessKey={key};EntityPath={}",
+            self.addr, self.state.hub
+        )
+    }
+
+    pub fn connection_string(&self) -> String {
+        self.connection_string_with(KEY)
+    }
+
+    /// The namespace FQDN as the checkpointers see it.
+    pub fn ns(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn hub_requests(&self) -> usize {
+        self.state.hub_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn partition_requests(&self) -> usize {
+        self.state.partition_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn rejected(&self) -> usize {
+        self.state.rejected.load(Ordering::SeqCst)
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.state.log.lock().unwrap().clone()
+    }
+}
+
+fn xml(status: StatusCode, body: String) -> Response {
+    (status, [("content-type", "application/atom+xml;type=entry;charset=utf-8")], body).into_response()
+}
+
+fn answer(state: &State, addr: SocketAddr, uri: &Uri, headers: &HeaderMap) -> Response {
+    let query = uri.query().unwrap_or_default();
+    state.log.lock().unwrap().push(format!("{}?{query}", uri.path()));
+    let url = format!("http://{addr}{}?{query}", uri.path());
+    if let Err(why) = verify_sas(headers.get("authorization"), &url) {
+        state.rejected.fetch_add(1, Ordering::SeqCst);
+        let body = fixture("error-401.xml");
+        let body = if why == "signature" { body } else { body.replace("InvalidSignature", why) };
+        return xml(StatusCode::UNAUTHORIZED, body);
+    }
+    if query != "api-version=2015-01" {
+        return xml(StatusCode::BAD_REQUEST, "<Error><Code>400</Code><Detail>api-version</Detail></Error>".into());
+    }
+    let path = percent_decode(uri.path());
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let parts = state.partitions.lock().unwrap().clone();
+    let host = addr.to_string();
+    match segs.as_slice() {
+        [hub] if *hub == state.hub => {
+            state.hub_requests.fetch_add(1, Ordering::SeqCst);
+            let ids: String =
+                (0..parts.len()).map(|i| format!("<d2p1:string>{i}</d2p1:string>")).collect::<Vec<_>>().join("");
+            xml(
+                StatusCode::OK,
+                fixture("hub.xml")
+                    .replace("{{HOST}}", &host)
+                    .replace("{{HUB}}", hub)
+                    .replace("{{COUNT}}", &parts.len().to_string())
+                    .replace("{{PARTITION_IDS}}", &ids),
+            )
+        }
+        [hub, "consumergroups", cg, "partitions", id] if *hub == state.hub => {
+            state.partition_requests.fetch_add(1, Ordering::SeqCst);
+            match id.parse::<usize>().ok().and_then(|i| parts.get(i)) {
+                Some((begin, end)) => xml(
+                    StatusCode::OK,
+                    fixture("partition.xml")
+                        .replace("{{HOST}}", &host)
+                        .replace("{{HUB}}", hub)
+                        .replace("{{CG}}", cg)
+                        .replace("{{ID}}", id)
+                        .replace("{{BEGIN}}", &begin.to_string())
+                        .replace("{{END}}", &end.to_string()),
+                ),
+                None => xml(StatusCode::NOT_FOUND, fixture("error-404.xml")),
+            }
+        }
+        _ => xml(StatusCode::NOT_FOUND, fixture("error-404.xml")),
+    }
+}
+
+/// Checks `SharedAccessSignature sr=…&sig=…&se=…&skn=…` as Event Hubs does.
+fn verify_sas(header: Option<&HeaderValue>, url: &str) -> Result<(), &'static str> {
+    let header = header.and_then(|h| h.to_str().ok()).ok_or("missing Authorization header")?;
+    let token = header.strip_prefix("SharedAccessSignature ").ok_or("not a SharedAccessSignature")?;
+    let mut fields = std::collections::HashMap::new();
+    for part in token.split('&') {
+        let (k, v) = part.split_once('=').ok_or("malformed token")?;
+        fields.insert(k, v);
+    }
+    let (Some(sr), Some(sig), Some(se), Some(skn)) =
+        (fields.get("sr"), fields.get("sig"), fields.get("se"), fields.get("skn"))
+    else {
+        return Err("token lacks sr, sig, se or skn");
+    };
+    if percent_decode(skn) != KEY_NAME {
+        return Err("unknown key name");
+    }
+    let expiry: u64 = se.parse().map_err(|_| "bad se")?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    if expiry <= now {
+        return Err("token expired");
+    }
+    if !url.to_lowercase().starts_with(&percent_decode(sr).to_lowercase()) {
+        return Err("token audience does not cover this resource");
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
+    mac.update(format!("{sr}\n{se}").as_bytes());
+    let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    if percent_decode(sig) != want {
+        return Err("signature");
+    }
+    Ok(())
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
