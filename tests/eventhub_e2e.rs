@@ -50,6 +50,10 @@ async fn write_checkpoints(az: &Azurite, ns: &str) {
         az.put_blob("dapr", &format!("dapr-{HUB}-$Default-{pid}"), &go, &[]).await;
         let py = format!(r#"{{"sequence_number":{seq},"partition_id":"{pid}","offset":"1"}}"#);
         az.put_blob("legacy", &format!("$Default/{pid}"), &py, &[]).await;
+        // Current SDKs: an empty blob whose metadata holds the checkpoint, consumer group lowercased.
+        let seq = seq.to_string();
+        let meta = [("sequencenumber", seq.as_str()), ("offset", "1")];
+        az.put_blob("meta", &format!("{ns}/{HUB}/$default/checkpoint/{pid}"), "", &meta).await;
     }
 }
 
@@ -62,9 +66,9 @@ async fn all_five_checkpoint_layouts() {
         let (srv, keda) = start_ebb().await;
         // Uncapped: p0 99-89 = 10, p1 0, p2 empty 0, p3 no checkpoint 29-10+1 = 20 ⇒ 30.
         // 30/5 = 6 > 4 partitions ⇒ metric 4 × 5 = 20; active as 30 > 29.
-        // blobMetadata: not covered here (Azurite answered 400 to the metadata upload; see report).
-        let cases: [&[(&str, &str)]; 4] = [
+        let cases: [&[(&str, &str)]; 5] = [
             &[],
+            &[("checkpointStrategy", "blobMetadata"), ("blobContainer", "meta")],
             &[("checkpointStrategy", "goSdk"), ("blobContainer", "gosdk")],
             &[("checkpointStrategy", "dapr"), ("blobContainer", "dapr")],
             &[("blobContainer", "legacy")],

@@ -196,7 +196,9 @@ impl Azurite {
         for (k, v) in query {
             resource.push_str(&format!("\n{k}:{v}"));
         }
+        // Shared Key signs an empty Content-Length for a zero-length body (versions ≥ 2015-02-21).
         let (len, ct) = match &body {
+            Some(b) if b.is_empty() => (String::new(), "application/xml"),
             Some(b) => (b.len().to_string(), "application/xml"),
             None => (String::new(), ""),
         };
@@ -217,6 +219,8 @@ impl Azurite {
             req = req.header(k.as_str(), v.as_str());
         }
         req = match body {
+            // reqwest sends no Content-Length for an empty body; the service requires one.
+            Some(b) if b.is_empty() => req.header("Content-Type", ct).header("Content-Length", "0"),
             Some(b) => req.header("Content-Type", ct).body(b),
             None if method == reqwest::Method::PUT || method == reqwest::Method::POST => {
                 req.header("Content-Length", "0")
