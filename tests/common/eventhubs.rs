@@ -14,9 +14,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 pub const KEY_NAME: &str = "RootManageSharedAccessKey";
 pub const KEY: &str = "ZWgta2V5LWZvci1lYmI=eh-double-5d2e";
@@ -122,7 +119,7 @@ fn answer(state: &State, addr: SocketAddr, uri: &Uri, headers: &HeaderMap) -> Re
     if query != "api-version=2015-01" {
         return xml(StatusCode::BAD_REQUEST, "<Error><Code>400</Code><Detail>api-version</Detail></Error>".into());
     }
-    let path = percent_decode(uri.path());
+    let path = super::servicebus::percent_decode(uri.path());
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let parts = state.partitions.lock().unwrap().clone();
     let host = addr.to_string();
@@ -160,59 +157,8 @@ fn answer(state: &State, addr: SocketAddr, uri: &Uri, headers: &HeaderMap) -> Re
     }
 }
 
-/// Checks `SharedAccessSignature sr=…&sig=…&se=…&skn=…` as Event Hubs does.
+/// Checks `SharedAccessSignature sr=…&sig=…&se=…&skn=…` as Event Hubs does (same scheme as
+/// Service Bus).
 fn verify_sas(header: Option<&HeaderValue>, url: &str) -> Result<(), &'static str> {
-    let header = header.and_then(|h| h.to_str().ok()).ok_or("missing Authorization header")?;
-    let token = header.strip_prefix("SharedAccessSignature ").ok_or("not a SharedAccessSignature")?;
-    let mut fields = std::collections::HashMap::new();
-    for part in token.split('&') {
-        let (k, v) = part.split_once('=').ok_or("malformed token")?;
-        fields.insert(k, v);
-    }
-    let (Some(sr), Some(sig), Some(se), Some(skn)) =
-        (fields.get("sr"), fields.get("sig"), fields.get("se"), fields.get("skn"))
-    else {
-        return Err("token lacks sr, sig, se or skn");
-    };
-    if percent_decode(skn) != KEY_NAME {
-        return Err("unknown key name");
-    }
-    let expiry: u64 = se.parse().map_err(|_| "bad se")?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    if expiry <= now {
-        return Err("token expired");
-    }
-    if !url.to_lowercase().starts_with(&percent_decode(sr).to_lowercase()) {
-        return Err("token audience does not cover this resource");
-    }
-    let mut mac = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
-    mac.update(format!("{sr}\n{se}").as_bytes());
-    let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    if percent_decode(sig) != want {
-        return Err("signature");
-    }
-    Ok(())
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::servicebus::verify_sas_with(header, url, KEY_NAME, KEY)
 }
