@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::azurite::Azurite;
 use common::ebb::{so_owned, start_ebb};
@@ -125,29 +125,7 @@ async fn coalescing_20_scaled_objects() {
         write_checkpoints(&az, &eh.ns()).await;
         let (srv, keda) = start_ebb().await;
         let md = metadata(&eh, &az, &[("checkpointStrategy", "goSdk"), ("blobContainer", "gosdk")]);
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for i in 0..OBJECTS {
-            let keda = keda.clone();
-            let so = so_owned(&format!("consumer-{i:02}"), &md);
-            tasks.push(tokio::spawn(async move {
-                let mut cycles = 0;
-                for _ in 0..100 {
-                    if start.elapsed() >= PHASE {
-                        break;
-                    }
-                    let c = keda.cycle(&so).await.unwrap_or_else(|s| panic!("{}: {s:?}", so.name));
-                    assert_eq!(c.value(), 20.0);
-                    cycles += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                cycles
-            }));
-        }
-        let mut cycles = 0;
-        for t in tasks {
-            cycles += t.await.expect("task");
-        }
+        let cycles = keda.drive_many(OBJECTS, &md, PHASE, 20.0).await;
         let (hub, parts) = (eh.hub_requests(), eh.partition_requests());
         eprintln!("{OBJECTS} ScaledObjects, {cycles} cycles, {hub} hub + {parts} partition requests");
         assert!(cycles >= OBJECTS);

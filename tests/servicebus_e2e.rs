@@ -182,28 +182,7 @@ async fn coalescing_50_scaled_objects() {
         let (srv, keda) = start_ebb().await;
         let md = sb_metadata(&sb.connection_string(), &[("queueName", "orders"), ("pollingInterval", "1")]);
         let start = Instant::now();
-        let mut tasks = Vec::new();
-        for i in 0..OBJECTS {
-            let keda = keda.clone();
-            let so = so_owned(&format!("consumer-{i:02}"), &md);
-            tasks.push(tokio::spawn(async move {
-                let mut cycles = 0;
-                for _ in 0..100 {
-                    if start.elapsed() >= PHASE {
-                        break;
-                    }
-                    let c = keda.cycle(&so).await.unwrap_or_else(|s| panic!("{}: {s:?}", so.name));
-                    assert_eq!(c.value(), 42.0);
-                    cycles += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                cycles
-            }));
-        }
-        let mut cycles = 0;
-        for t in tasks {
-            cycles += t.await.expect("task");
-        }
+        let cycles = keda.drive_many(OBJECTS, &md, PHASE, 42.0).await;
         let requests = sb.requests();
         eprintln!(
             "{OBJECTS} ScaledObjects, {cycles} KEDA cycles in {:?}, {requests} Service Bus requests",

@@ -129,6 +129,36 @@ impl Keda {
     }
 
     /// One KEDA cycle: GetMetricSpec → GetMetrics (for the spec's metric) → IsActive.
+    /// Drives `objects` ScaledObjects named `consumer-NN` with metadata `md` in KEDA's order,
+    /// each every 50 ms for `phase` (at most 100 cycles each), asserting every cycle reports
+    /// `expected`. Returns the number of cycles run.
+    pub async fn drive_many(&self, objects: usize, md: &[(String, String)], phase: Duration, expected: f64) -> usize {
+        let start = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..objects {
+            let keda = self.clone();
+            let so = so_owned(&format!("consumer-{i:02}"), md);
+            tasks.push(tokio::spawn(async move {
+                let mut cycles = 0;
+                for _ in 0..100 {
+                    if start.elapsed() >= phase {
+                        break;
+                    }
+                    let c = keda.cycle(&so).await.unwrap_or_else(|s| panic!("{}: {s:?}", so.name));
+                    assert_eq!(c.value(), expected, "{}", so.name);
+                    cycles += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                cycles
+            }));
+        }
+        let mut cycles = 0;
+        for t in tasks {
+            cycles += t.await.expect("task");
+        }
+        cycles
+    }
+
     pub async fn cycle(&self, so: &ScaledObjectRef) -> Result<Cycle, Status> {
         let spec = self.get_metric_spec(so).await?;
         let name = spec.metric_specs.first().map(|s| s.metric_name.clone()).unwrap_or_default();
