@@ -29,3 +29,18 @@ if ! "$AZURITE_DIR/node_modules/.bin/azurite" --version 2>/dev/null | grep -qx "
   npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
 fi
 echo "azurite $("$AZURITE_DIR/node_modules/.bin/azurite" --version)"
+
+# tansu (a Kafka-protocol broker) from crates.io, with its sqlite storage engine: the Kafka lag
+# tests start it on loopback. A clean build takes about 15 minutes on 2 cores, so it is built
+# once per machine and skipped when ~/.cargo/bin/tansu is there. Its build directory is
+# temporary (about 1.6 GB) and removed afterwards.
+TANSU_VERSION=0.6.0
+TANSU_BIN="${TANSU_BIN:-$HOME/.cargo/bin/tansu}"
+if ! "$TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  echo "building tansu $TANSU_VERSION (cargo install; ~15 min on 2 cores)"
+  tansu_build="$(mktemp -d)"
+  CARGO_TARGET_DIR="$tansu_build" cargo install tansu --version "$TANSU_VERSION" --locked \
+    --features dynostore,libsql --root "$(dirname "$(dirname "$TANSU_BIN")")" --quiet
+  rm -rf "$tansu_build"
+fi
+echo "$("$TANSU_BIN" --version)"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included, on a fresh machine:
 #   1. install the real servers the integration tests start (scripts/install-services.sh);
-#   2. cargo test --workspace --all-targets --features k8s --no-fail-fast (unit, integration,
-#      bench smoke runs; `k8s` adds the TriggerAuthentication tests against a Kubernetes API double);
+#   2. cargo test --workspace --all-targets --features k8s,kafka --no-fail-fast (unit, integration,
+#      bench smoke runs; `k8s` adds the TriggerAuthentication tests against a Kubernetes API double,
+#      `kafka` the Kafka lag scaler and its tests against a real broker);
 #   3. cargo test --workspace --doc.
 # Each integration test starts its own servers on loopback and stops them itself, so
 # nothing is left running. Extra arguments go to both cargo test runs (e.g. a test filter).
@@ -37,7 +38,7 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "==> cannot test without the services" >&2
   exit 1
 fi
-step cargo-test cargo test --workspace --all-targets --features k8s --no-fail-fast "$@"
+step cargo-test cargo test --workspace --all-targets --features k8s,kafka --no-fail-fast "$@"
 step doc-tests cargo test --workspace --doc "$@"
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -407,7 +407,7 @@ impl Scaler for EventHubScaler {
     fn evaluate(&self, m: &Measurement) -> Evaluation {
         let (total, partitions) = match m {
             Measurement::Partitions { unprocessed, partitions } => (*unprocessed, Some(*partitions)),
-            Measurement::Value(v) => (*v, None),
+            other => (other.scalar(), None),
         };
         let metric = match partitions {
             Some(p) => capped(total as i64, self.threshold, p) as f64,

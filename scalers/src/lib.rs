@@ -4,7 +4,8 @@
 //! - [`metadata`]: KEDA's metadata lookup rules (`<key>FromEnv`, trimming, typed values) and
 //!   [`ConfigError`]s that name the key at fault.
 //! - [`registry`]: KEDA trigger type names (`scalerType` metadata) → parsers.
-//! - one module per source: [`azure_eventhub`], [`azure_queue`], [`azure_servicebus`], [`prometheus`].
+//! - one module per source: [`azure_eventhub`], [`azure_queue`], [`azure_servicebus`], [`kafka`],
+//!   [`prometheus`].
 //!
 //! A source module parses the metadata into a typed config (no I/O) that implements
 //! [`Scaler`]. The config names its [`SourceKey`] (what is polled, without secrets); the
@@ -20,6 +21,7 @@ pub mod azure;
 pub mod azure_eventhub;
 pub mod azure_queue;
 pub mod azure_servicebus;
+pub mod kafka;
 pub mod metadata;
 pub mod prometheus;
 pub mod registry;
@@ -46,6 +48,8 @@ pub enum Measurement {
     /// Event Hubs: the uncapped total of unprocessed events over every partition, and the
     /// number of partitions (the trigger caps the metric at `partitions × threshold`).
     Partitions { unprocessed: f64, partitions: u32 },
+    /// Kafka: committed and log-end offsets of every partition a consumer group reads.
+    Offsets(Arc<[kafka::PartitionOffsets]>),
 }
 
 impl Measurement {
@@ -55,6 +59,9 @@ impl Measurement {
         match self {
             Measurement::Value(v) => *v,
             Measurement::Partitions { unprocessed, .. } => *unprocessed,
+            Measurement::Offsets(parts) => {
+                kafka::total_lag(parts, &kafka::LagRules { allow_idle_consumers: true, ..Default::default() }).0 as f64
+            }
         }
     }
 }
@@ -100,6 +107,9 @@ pub enum PollError {
     /// A credential could not be obtained (managed identity, workload identity).
     #[error("cannot get credential: {0}")]
     Credential(String),
+    /// A binary-protocol error with its code (Kafka: `GROUP_AUTHORIZATION_FAILED`, …).
+    #[error("{code}: {detail}")]
+    Protocol { code: String, detail: String },
 }
 
 impl PollError {
@@ -115,6 +125,7 @@ impl PollError {
             PollError::Malformed(_) => "malformed",
             PollError::Rejected(_) => "rejected",
             PollError::Credential(_) => "credential",
+            PollError::Protocol { .. } => "protocol",
         }
     }
 

@@ -143,7 +143,7 @@ struct ClientTls {
 }
 
 /// A secret string; `Debug` prints `***`.
-struct Secret(String);
+pub(crate) struct Secret(pub(crate) String);
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -492,7 +492,7 @@ fn auth(md: &Metadata<'_>, fp: &mut Fingerprint, headers: &mut HeaderMap) -> Res
 }
 
 /// `pem` must hold at least one PEM certificate.
-fn check_certs(key: &str, pem: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_certs(key: &str, pem: &str) -> Result<(), ConfigError> {
     let mut n = 0;
     for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
         c.map_err(|_| ConfigError::new(key, "is not valid PEM"))?;
@@ -505,7 +505,7 @@ fn check_certs(key: &str, pem: &str) -> Result<(), ConfigError> {
 }
 
 /// `key` must hold a PEM private key (PKCS#8, PKCS#1 or SEC1). Never echoes the value.
-fn check_key(pem: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_key(pem: &str) -> Result<(), ConfigError> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes())
         .map(drop)
         .map_err(|_| ConfigError::new("key", "holds no PEM private key"))
@@ -584,12 +584,8 @@ impl Scaler for PrometheusScaler {
     }
 
     fn evaluate(&self, m: &Measurement) -> Evaluation {
-        match m {
-            Measurement::Value(v) => Evaluation { metric: *v, active: *v > self.activation_threshold },
-            Measurement::Partitions { unprocessed, .. } => {
-                Evaluation { metric: *unprocessed, active: *unprocessed > self.activation_threshold }
-            }
-        }
+        let v = m.scalar();
+        Evaluation { metric: v, active: v > self.activation_threshold }
     }
 
     fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {

@@ -15,6 +15,7 @@ pub const SCALERS: &[(&str, ParseFn)] = &[
     ("azure-eventhub", crate::azure_eventhub::parse),
     ("azure-queue", crate::azure_queue::parse),
     ("azure-servicebus", crate::azure_servicebus::parse),
+    ("kafka", crate::kafka::parse),
     ("prometheus", crate::prometheus::parse),
 ];
 

@@ -12,6 +12,8 @@
 pub mod azurite;
 pub mod ebb;
 pub mod eventhubs;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod prom;
 pub mod servicebus;
 
