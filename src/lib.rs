@@ -6,12 +6,14 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`server`]: wires the doors onto one engine (`ebb serve`).
 //! - [`check`]: `ebb check`, one poll and one decision from the command line.
+//! - [`simulate`]: `ebb simulate`, a policy's cost and latency over a workload trace.
 //! - [`metrics`]: ebb's own Prometheus metrics.
 //! - `k8s` (feature `k8s`): KEDA TriggerAuthentications read from the Kubernetes API.
 //! - [`proto`]: code generated from `proto/externalscaler.proto`.
 //!
 //! Event sources live in the `ebb-scalers` crate, which knows nothing of gRPC or KEDA's RPCs.
 
+pub mod bench;
 pub mod check;
 pub mod engine;
 pub mod grpc;
@@ -20,6 +22,7 @@ pub mod http;
 pub mod k8s;
 pub mod metrics;
 pub mod server;
+pub mod simulate;
 pub mod telemetry;
 
 /// KEDA's wire contract, package `externalscaler`.

@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Serve KEDA's external-scaler gRPC API and the HTTP endpoints.
     Serve(ServeArgs),
+    /// Load-test a scaler speaking externalscaler.proto (ebb itself when no --target is given).
+    Bench(ebb::bench::BenchArgs),
     /// Parse trigger metadata, poll the source once, and print metric, activity and replicas.
     Check {
         /// Trigger metadata as key=value pairs (with `scalerType=...`).
@@ -32,6 +34,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replay a workload trace under KEDA's default policy and ebb's: cost, message wait, chart.
+    Simulate(ebb::simulate::SimulateArgs),
 }
 
 #[derive(Args)]
@@ -89,6 +93,20 @@ async fn main() -> ExitCode {
             }
         },
         Command::Check { metadata, json } => check(&metadata, json).await,
+        Command::Bench(args) => match ebb::bench::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ebb bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Simulate(args) => match ebb::simulate::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ebb simulate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

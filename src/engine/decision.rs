@@ -11,8 +11,9 @@
 //! - scale-down stabilization: the highest recommendation within the window wins, so scale-up
 //!   is immediate and scale-down waits (HPA's `behavior.scaleDown.stabilizationWindowSeconds`);
 //! - `maxScaleUpStep`: at most that many replicas more than the decision at the previous
-//!   observation (the first observation has no base and is not limited: a restarted replica
-//!   must not scale a busy workload down);
+//!   observation, and only toward the latest recommendation (below it, the previous decision
+//!   holds until the window's maximum falls under it); the first observation has no base and
+//!   is not limited: a restarted replica must not scale a busy workload down;
 //! - zero only when `minReplicaCount` is 0, the latest observation is inactive, and no
 //!   activity was seen for `cooldownPeriod` (KEDA: `lastActiveTime + cooldownPeriod < now`).
 //!   With no activity ever seen, the time is counted from this replica's first observation,
@@ -126,7 +127,11 @@ fn desired_replicas(state: &DecisionState, policy: &Policy, now: Instant) -> u32
         .unwrap_or_else(|| recommendation(policy, latest));
     let mut desired = stabilized;
     if let (Some(step), Some(prev)) = (policy.max_scale_up_step, state.previous_desired) {
-        desired = desired.min(prev.saturating_add(step));
+        // As the HPA does: step up only toward the latest recommendation; otherwise hold, and
+        // come down to the window's maximum. Stepping toward an older, higher recommendation
+        // would keep scaling up after the backlog is gone.
+        let latest_rec = recommendation(policy, latest);
+        desired = if prev < latest_rec { latest_rec.min(prev.saturating_add(step)) } else { prev.min(stabilized) };
     }
     desired.min(policy.max_replicas)
 }
@@ -247,6 +252,26 @@ mod tests {
             seen.push(decide(&s, &p, t0 + secs(t)).unwrap().desired_replicas);
         }
         assert_eq!(seen, vec![1, 4, 7, 10, 13]);
+    }
+
+    #[test]
+    fn max_scale_up_step_stops_when_the_backlog_is_gone() {
+        // The window still holds 20 from the spike, but the latest recommendation is 1: hold
+        // at the stepped-up count instead of stepping on toward 20 (found by `ebb simulate`).
+        let mut p = replicas_policy();
+        p.max_scale_up_step = Some(3);
+        p.scale_down_stabilization = secs(300);
+        let t0 = Instant::now();
+        let mut s = DecisionState::new();
+        let mut seen = vec![];
+        for (t, m) in [(0, 10.0), (5, 200.0), (10, 200.0), (15, 0.5), (20, 0.5), (25, 0.5)] {
+            observe(&mut s, &p, ev(m, 0.0), t0 + secs(t));
+            seen.push(decide(&s, &p, t0 + secs(t)).unwrap().desired_replicas);
+        }
+        assert_eq!(seen, vec![1, 4, 7, 7, 7, 7]);
+        // Past the window, down to the latest recommendation.
+        observe(&mut s, &p, ev(0.5, 0.0), t0 + secs(400));
+        assert_eq!(decide(&s, &p, t0 + secs(400)).unwrap().desired_replicas, 1);
     }
 
     #[test]

@@ -15,6 +15,11 @@ fn parse_map(pairs: &[(&str, &str)]) -> Result<KafkaScaler, ConfigErrors> {
     parse_config(&Metadata::new(&m))
 }
 
+/// `(rule, partitions, rules, (metric, lag with persistent))`.
+type LagCase = (&'static str, Vec<PartitionOffsets>, LagRules, (i64, i64));
+/// `(rule, metadata, key at fault)`.
+type ErrorCase = (&'static str, &'static [(&'static str, &'static str)], &'static str);
+
 fn part(partition: i32, committed: Option<i64>, latest: i64) -> PartitionOffsets {
     PartitionOffsets { topic: "t".into(), partition, committed, latest, unchanged: false }
 }
@@ -54,7 +59,7 @@ fn total_lag_rules() {
     let even_idle = LagRules { ensure_even_distribution: true, allow_idle_consumers: true, ..r };
     let six: Vec<_> = (0..6).map(|p| part(p, Some(0), 3)).collect(); // 18 over 6 partitions
     #[rustfmt::skip]
-    let cases: &[(&str, Vec<PartitionOffsets>, LagRules, (i64, i64))] = &[
+    let cases: &[LagCase] = &[
         ("sum below the cap", three(5, 5, 5), r, (15, 15)),
         ("capped at partitions × lagThreshold when lag/threshold > partitions", three(100, 0, 0), r, (30, 100)),
         ("integer division: 39/10 = 3 is not > 3, no cap", three(39, 0, 0), r, (39, 39)),
@@ -107,7 +112,7 @@ fn parse_defaults() {
 #[test]
 fn parse_errors_name_the_key() {
     #[rustfmt::skip]
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    let cases: &[ErrorCase] = &[
         ("Validate: lagThreshold must be positive", &[("lagThreshold", "0")], "lagThreshold"),
         ("typed config: lagThreshold is an integer", &[("lagThreshold", "1.5")], "lagThreshold"),
         ("Validate: activationLagThreshold must be non-negative", &[("activationLagThreshold", "-1")], "activationLagThreshold"),

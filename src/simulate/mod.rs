@@ -1,0 +1,411 @@
+//! `ebb simulate`: what a scaling policy costs before it ships.
+//!
+//! Replays a workload trace against a model of the consumer (per-replica throughput, pod
+//! start-up delay, maximum replicas) under two policies, second by second with virtual time:
+//! - `keda-default`: KEDA's built-in scaler with its defaults, i.e. IsActive polled every
+//!   `pollingInterval` (30 s) for activation from zero, `cooldownPeriod` (300 s) before zero,
+//!   and the HPA syncing every 15 s on the backlog with its 10 % tolerance, 300 s scale-down
+//!   stabilization and default scale-up limit (the larger of +4 pods and +100 % per 15 s);
+//! - `ebb`: `outputMode: replicas` through the server's own decision code
+//!   ([`crate::engine::decision`]), set up as the README recommends (see [`model::Ebb`]).
+//!
+//! Reported per policy: replica-seconds, message wait p50/p95/max, peak backlog, scale events,
+//! time to the first ready replica after idle; optionally an SVG chart.
+
+pub mod chart;
+pub mod model;
+pub mod trace;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::policy::{self, OutputMode, Policy};
+use model::{Consumer, Ebb, KedaDefault, Outcome};
+use trace::{Trace, TraceKind};
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error("{path}: line {line}: {reason}")]
+    Csv { path: String, line: usize, reason: String },
+    #[error("--trace {path}: neither a built-in trace ({}) nor a readable file: {source}", trace::BUILT_IN.join(", "))]
+    Read { path: String, source: std::io::Error },
+    #[error("--{flag}: {reason}")]
+    Flag { flag: &'static str, reason: String },
+    #[error("cannot write chart {path}: {reason}")]
+    Chart { path: String, reason: String },
+}
+
+/// `ebb simulate` flags. Times are whole seconds: the simulation steps by one second.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Workload: steady, bursty, diurnal, spike-then-idle, or a CSV file of `time,arrivals` rows
+    /// (seconds from the start, messages arriving then).
+    #[arg(long, default_value = "spike-then-idle")]
+    pub trace: String,
+    /// Seconds to simulate [default: 86400 for diurnal, 7200 for the other built-in traces, the
+    /// CSV's own length].
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Seed of the built-in traces' noise and bursts.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Messages per second one ready replica processes.
+    #[arg(long, default_value_t = 10.0)]
+    pub throughput: f64,
+    /// Seconds from requesting a replica to it processing messages.
+    #[arg(long, default_value_t = 20)]
+    pub startup_delay: u64,
+    /// `maxReplicaCount`.
+    #[arg(long, default_value_t = policy::DEFAULT_MAX_REPLICAS)]
+    pub max_replicas: u32,
+    /// `activationThreshold`: active when the backlog is greater than this.
+    #[arg(long, default_value_t = 0.0)]
+    pub activation_threshold: f64,
+    /// KEDA's `pollingInterval` (IsActive, for activation from zero).
+    #[arg(long, default_value_t = 30)]
+    pub keda_polling_interval: u64,
+    /// KEDA's `threshold`: backlog per replica (HPA AverageValue target).
+    #[arg(long, default_value_t = 50.0)]
+    pub keda_target: f64,
+    /// KEDA's `cooldownPeriod` before scaling to zero (keda-default policy).
+    #[arg(long, default_value_t = 300)]
+    pub cooldown: u64,
+    /// ebb's `pollingInterval` of the source.
+    #[arg(long, default_value_t = 5)]
+    pub ebb_polling_interval: u64,
+    /// ebb's `threshold`: backlog per replica [default: --keda-target].
+    #[arg(long)]
+    pub ebb_target: Option<f64>,
+    /// ebb's `maxScaleUpStep` [default: unlimited].
+    #[arg(long)]
+    pub ebb_max_scale_up_step: Option<u32>,
+    /// ebb's `scaleDownStabilizationSeconds`.
+    #[arg(long, default_value_t = policy::DEFAULT_STABILIZATION.as_secs())]
+    pub ebb_scale_down_stabilization: u64,
+    /// ebb's `cooldownPeriod`.
+    #[arg(long, default_value_t = policy::DEFAULT_COOLDOWN.as_secs())]
+    pub ebb_cooldown: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write an SVG chart of arrivals, backlog and replicas to this path.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
+}
+
+impl Default for SimulateArgs {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: SimulateArgs,
+        }
+        Wrap::parse_from(["simulate"]).args
+    }
+}
+
+/// The result of one run: the trace, the settings and one outcome per policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub trace: String,
+    pub duration_s: u64,
+    pub messages: u64,
+    pub settings: Settings,
+    pub policies: Vec<Outcome>,
+}
+
+/// The model's settings, echoed in the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Settings {
+    pub throughput: f64,
+    pub startup_delay_s: u64,
+    pub max_replicas: u32,
+    pub activation_threshold: f64,
+    pub keda_polling_interval_s: u64,
+    pub keda_target: f64,
+    pub keda_cooldown_s: u64,
+    pub ebb_polling_interval_s: u64,
+    pub ebb_target: f64,
+    pub ebb_max_scale_up_step: Option<u32>,
+    pub ebb_scale_down_stabilization_s: u64,
+    pub ebb_cooldown_s: u64,
+}
+
+fn flag(flag: &'static str, reason: impl Into<String>) -> SimulateError {
+    SimulateError::Flag { flag, reason: reason.into() }
+}
+
+impl SimulateArgs {
+    fn validate(&self) -> Result<(), SimulateError> {
+        let positive = |name: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 { Ok(()) } else { Err(flag(name, format!("{v} must be a positive number"))) }
+        };
+        positive("throughput", self.throughput)?;
+        positive("keda-target", self.keda_target)?;
+        if let Some(t) = self.ebb_target {
+            positive("ebb-target", t)?;
+        }
+        if !self.activation_threshold.is_finite() {
+            return Err(flag("activation-threshold", "must be a finite number"));
+        }
+        for (name, v) in
+            [("keda-polling-interval", self.keda_polling_interval), ("ebb-polling-interval", self.ebb_polling_interval)]
+        {
+            if v == 0 {
+                return Err(flag(name, "must be at least 1 second"));
+            }
+        }
+        if self.max_replicas == 0 {
+            return Err(flag("max-replicas", "must be at least 1"));
+        }
+        if self.ebb_max_scale_up_step == Some(0) {
+            return Err(flag("ebb-max-scale-up-step", "must be at least 1"));
+        }
+        if let Some(d) = self.duration
+            && !(1..=trace::MAX_SECONDS).contains(&d)
+        {
+            return Err(flag("duration", format!("{d} is not in [1, {}] seconds", trace::MAX_SECONDS)));
+        }
+        Ok(())
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            throughput: self.throughput,
+            startup_delay_s: self.startup_delay,
+            max_replicas: self.max_replicas,
+            activation_threshold: self.activation_threshold,
+            keda_polling_interval_s: self.keda_polling_interval,
+            keda_target: self.keda_target,
+            keda_cooldown_s: self.cooldown,
+            ebb_polling_interval_s: self.ebb_polling_interval,
+            ebb_target: self.ebb_target.unwrap_or(self.keda_target),
+            ebb_max_scale_up_step: self.ebb_max_scale_up_step,
+            ebb_scale_down_stabilization_s: self.ebb_scale_down_stabilization,
+            ebb_cooldown_s: self.ebb_cooldown,
+        }
+    }
+
+    /// ebb's policy exactly as `policy::parse` would build it from the trigger's metadata.
+    fn ebb_policy(&self) -> Policy {
+        Policy {
+            output_mode: OutputMode::Replicas,
+            target: self.ebb_target.unwrap_or(self.keda_target),
+            min_replicas: 0,
+            max_replicas: self.max_replicas,
+            max_scale_up_step: self.ebb_max_scale_up_step,
+            scale_down_stabilization: Duration::from_secs(self.ebb_scale_down_stabilization),
+            cooldown: Duration::from_secs(self.ebb_cooldown),
+        }
+    }
+}
+
+/// Runs both policies over the trace the flags name.
+pub fn simulate(args: &SimulateArgs) -> Result<Report, SimulateError> {
+    args.validate()?;
+    let trace = TraceKind::parse(&args.trace).build(args.duration, args.seed)?;
+    Ok(simulate_trace(args, &trace))
+}
+
+/// Runs both policies over `trace`.
+pub fn simulate_trace(args: &SimulateArgs, trace: &Trace) -> Report {
+    let consumer =
+        Consumer { throughput: args.throughput, startup_delay: args.startup_delay, max_replicas: args.max_replicas };
+    let mut keda = KedaDefault::new(
+        args.keda_polling_interval,
+        args.keda_target,
+        args.activation_threshold,
+        args.cooldown,
+        args.max_replicas,
+    );
+    let mut ebb =
+        Ebb::new(args.ebb_polling_interval, args.keda_polling_interval, args.activation_threshold, args.ebb_policy());
+    Report {
+        trace: trace.name.clone(),
+        duration_s: trace.arrivals.len() as u64,
+        messages: trace.total(),
+        settings: args.settings(),
+        policies: vec![model::run(trace, &consumer, &mut keda), model::run(trace, &consumer, &mut ebb)],
+    }
+}
+
+/// `ebb simulate`: prints the report (table or JSON) and writes the chart if asked.
+pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let trace = TraceKind::parse(&args.trace).build(args.duration, args.seed)?;
+    let report = simulate_trace(args, &trace);
+    if let Some(path) = &args.chart {
+        chart::write(path, &trace, &report.policies)
+            .map_err(|e| SimulateError::Chart { path: path.display().to_string(), reason: e.to_string() })?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+impl Report {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let s = &self.settings;
+        let mut out = format!(
+            "trace {}: {} s, {} messages; replica: {} msg/s, {} s start-up, max {}\n\n",
+            self.trace, self.duration_s, self.messages, s.throughput, s.startup_delay_s, s.max_replicas
+        );
+        let _ = writeln!(
+            out,
+            "{:<14} {:>14} {:>9} {:>9} {:>9} {:>12} {:>12} {:>24}",
+            "policy",
+            "replica-s",
+            "wait p50",
+            "wait p95",
+            "wait max",
+            "peak backlog",
+            "scale events",
+            "first replica mean/max"
+        );
+        for p in &self.policies {
+            let first = match (p.first_replica_mean_s, p.first_replica_max_s) {
+                (Some(mean), Some(max)) => format!("{mean:.1} / {max} s ({}×)", p.cold_starts),
+                _ => "-".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<14} {:>14} {:>7} s {:>7} s {:>7} s {:>12} {:>12} {:>24}",
+                p.policy,
+                p.replica_seconds,
+                p.wait_p50_s,
+                p.wait_p95_s,
+                p.wait_max_s,
+                p.peak_backlog,
+                p.scale_events,
+                first
+            );
+            if p.unserved_at_end > 0 {
+                let _ = writeln!(out, "  ({}: {} messages still queued at the end)", p.policy, p.unserved_at_end);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(trace: &str) -> SimulateArgs {
+        SimulateArgs { trace: trace.into(), ..SimulateArgs::default() }
+    }
+
+    fn by_name<'a>(r: &'a Report, name: &str) -> &'a Outcome {
+        r.policies.iter().find(|p| p.policy == name).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let a = SimulateArgs::default();
+        assert_eq!((a.keda_polling_interval, a.cooldown, a.ebb_polling_interval), (30, 300, 5));
+        assert_eq!((a.ebb_scale_down_stabilization, a.ebb_cooldown, a.max_replicas), (300, 300, 100));
+    }
+
+    #[test]
+    fn steady_trace_with_enough_capacity_has_bounded_wait() {
+        let r = simulate(&SimulateArgs { duration: Some(3600), ..args("steady") }).unwrap();
+        for p in &r.policies {
+            // 100 msg/s needs 10 replicas of 10 msg/s. Scaling on backlog saws (a drained queue
+            // recommends 1 replica once the stabilization window passes, then the backlog
+            // builds again), but with 100 replicas allowed no message waits minutes.
+            assert!(p.wait_p95_s <= 60, "{}: p95 {}", p.policy, p.wait_p95_s);
+            assert!(p.wait_max_s <= 120, "{}: max {}", p.policy, p.wait_max_s);
+            assert!(p.unserved_at_end <= 60 * 110, "{}: {}", p.policy, p.unserved_at_end);
+            let mean = p.replica_seconds as f64 / 3600.0;
+            assert!((10.0..=100.0).contains(&mean), "{}: mean replicas {mean}", p.policy);
+            assert!(p.replicas.iter().all(|&n| n <= 100));
+        }
+    }
+
+    #[test]
+    fn spike_then_idle_cold_start_keda_waits_for_its_poll_ebb_for_one_poll() {
+        let a = args("spike-then-idle");
+        let r = simulate(&a).unwrap();
+        let (keda, ebb) = (by_name(&r, "keda-default"), by_name(&r, "ebb"));
+        assert_eq!((keda.cold_starts, ebb.cold_starts), (4, 4), "both return to zero between spikes");
+        // The spike starts at 617 s: KEDA's poll sees it at 630 s, ebb's at 620 s.
+        let keda_poll_delay = 630 - trace::SPIKE_ONSET;
+        assert!(keda.first_replica_max_s.unwrap() >= keda_poll_delay + a.startup_delay);
+        assert_eq!(keda.first_replica_mean_s, Some((keda_poll_delay + a.startup_delay) as f64));
+        assert!(ebb.first_replica_max_s.unwrap() <= a.ebb_polling_interval + a.startup_delay);
+        assert!(ebb.wait_max_s < keda.wait_max_s);
+        // Zero between spikes: neither keeps replicas through the idle half hour.
+        for p in [keda, ebb] {
+            assert_eq!(p.replicas[1799], 0, "{}", p.policy);
+        }
+    }
+
+    #[test]
+    fn ebb_runs_through_the_servers_decision_code() {
+        // maxScaleUpStep 1 caps ebb's decision at one replica more per 5 s poll; the HPA copies
+        // that count (or less: its tolerance and 15 s sync lag behind), so from activation at
+        // the 620 s poll the replicas stay under 1 + one per poll.
+        let a = SimulateArgs { ebb_max_scale_up_step: Some(1), duration: Some(1800), ..args("spike-then-idle") };
+        let r = simulate(&a).unwrap();
+        let ebb = by_name(&r, "ebb");
+        assert_eq!(ebb.replicas[619], 0);
+        for t in 620..1800 {
+            let polls = (t as u32 - 620) / 5;
+            assert!(ebb.replicas[t] <= 1 + polls, "at {t} s: {} replicas after {polls} polls", ebb.replicas[t]);
+        }
+        let unlimited = simulate(&SimulateArgs { duration: Some(1800), ..args("spike-then-idle") }).unwrap();
+        assert!(by_name(&unlimited, "ebb").wait_p95_s < ebb.wait_p95_s);
+    }
+
+    #[test]
+    fn day_long_trace_simulates_fast_and_deterministically() {
+        let start = std::time::Instant::now();
+        let a = args("diurnal");
+        let r1 = simulate(&a).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+        assert_eq!(r1.duration_s, 86_400);
+        let r2 = simulate(&a).unwrap();
+        assert_eq!(r1.policies, r2.policies);
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        for (a, name) in [
+            (SimulateArgs { throughput: 0.0, ..args("steady") }, "throughput"),
+            (SimulateArgs { keda_polling_interval: 0, ..args("steady") }, "keda-polling-interval"),
+            (SimulateArgs { ebb_max_scale_up_step: Some(0), ..args("steady") }, "ebb-max-scale-up-step"),
+            (SimulateArgs { duration: Some(0), ..args("steady") }, "duration"),
+            (SimulateArgs { ebb_target: Some(f64::NAN), ..args("steady") }, "ebb-target"),
+        ] {
+            let e = simulate(&a).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("--{name}: ")), "{e}");
+        }
+        let e = simulate(&args("/nonexistent/trace.csv")).unwrap_err();
+        assert!(matches!(e, SimulateError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("neither a built-in trace (steady, bursty, diurnal, spike-then-idle)"), "{e}");
+    }
+
+    #[test]
+    fn csv_trace_runs_and_chart_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("t.csv");
+        std::fs::write(&csv, "time,arrivals\n10,500\n400,30\n").unwrap();
+        let chart = dir.path().join("c.svg");
+        let a = SimulateArgs { chart: Some(chart.clone()), duration: Some(1200), ..args(csv.to_str().unwrap()) };
+        let r = simulate(&a).unwrap();
+        assert_eq!((r.duration_s, r.messages), (1200, 530));
+        run(&a).unwrap();
+        let svg = std::fs::read_to_string(&chart).unwrap();
+        assert!(svg.contains("<svg"), "{}", &svg[..svg.len().min(200)]);
+        assert!(svg.contains("keda-default") && svg.contains("ebb"));
+        let table = r.table();
+        assert!(table.contains("keda-default") && table.contains("first replica"), "{table}");
+    }
+}
