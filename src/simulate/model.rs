@@ -280,7 +280,12 @@ impl Ebb {
     }
 
     fn decide(&self, now: u64) -> decision::Decision {
-        decision::decide(&self.state, &self.policy, self.at(now)).expect("observed during warm-up")
+        // `new` observed twice, so there is always a decision; idle is the safe reading anyway.
+        decision::decide(&self.state, &self.policy, self.at(now)).unwrap_or(decision::Decision {
+            metric: 0.0,
+            active: false,
+            desired_replicas: 0,
+        })
     }
 }
 
