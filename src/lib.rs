@@ -14,6 +14,7 @@
 //! Event sources live in the `ebb-scalers` crate, which knows nothing of gRPC or KEDA's RPCs.
 
 pub mod bench;
+pub mod bridge;
 pub mod check;
 pub mod engine;
 pub mod grpc;

@@ -71,6 +71,10 @@ struct ServeArgs {
     #[cfg(feature = "k8s")]
     #[arg(long, env = "EBB_KUBE")]
     kube: bool,
+    /// YAML file declaring ScaledObjects served over HTTP to Container Apps scale rules
+    /// (`metrics-api` or `prometheus`); see the README's "Azure Container Apps bridge".
+    #[arg(long, env = "EBB_CONFIG")]
+    config: Option<std::path::PathBuf>,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -124,6 +128,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..EngineConfig::default()
         },
         auth_refs: auth_refs(&args).await?,
+        bridge: match &args.config {
+            Some(path) => ebb::bridge::Config::load(path)?,
+            None => ebb::bridge::Config::default(),
+        },
     };
     let server = server::spawn(opts).await?;
     shutdown_signal().await;

@@ -26,6 +26,8 @@ pub struct ServeOptions {
     pub engine: EngineConfig,
     /// Resolves `authenticationRef` (KEDA TriggerAuthentications); `None` turns it off.
     pub auth_refs: Option<Arc<dyn AuthRefResolver>>,
+    /// ScaledObjects served over HTTP to Container Apps scale rules (`serve --config`).
+    pub bridge: crate::bridge::Config,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -35,6 +37,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("http_addr", &self.http_addr)
             .field("engine", &self.engine)
             .field("auth_refs", &self.auth_refs.is_some())
+            .field("bridge_scaled_objects", &self.bridge.scaled_objects.len())
             .finish()
     }
 }
@@ -46,6 +49,7 @@ impl Default for ServeOptions {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             engine: EngineConfig::default(),
             auth_refs: None,
+            bridge: crate::bridge::Config::default(),
         }
     }
 }
@@ -98,10 +102,14 @@ pub async fn spawn(opts: ServeOptions) -> anyhow::Result<Server> {
         }
     });
 
+    let bridge = crate::bridge::Bridge::new(engine.clone(), &opts.bridge);
+    bridge.start().await.map_err(|e| anyhow::anyhow!("config: {e}"))?;
     let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let app = http::router(HttpState { registry: Arc::new(registry), ready: ready.clone() });
+    let app = http::router(HttpState { registry: Arc::new(registry), ready: ready.clone() })
+        .merge(crate::bridge::router(bridge));
     let http_task = tokio::spawn(async move {
-        let served = axum::serve(http_listener, app)
+        // Peer addresses reach the engine's new-caller log, as on the gRPC door.
+        let served = axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async {
                 http_stopped.await.ok();
             })

@@ -21,7 +21,7 @@ async fn start() -> (Server, Channel) {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         engine: EngineConfig::default(),
-        auth_refs: None,
+        ..ServeOptions::default()
     };
     let srv = server::spawn(opts).await.expect("server starts");
     let ch = Channel::from_shared(format!("http://{}", srv.grpc_addr)).unwrap().connect().await.unwrap();
