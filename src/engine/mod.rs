@@ -175,6 +175,11 @@ impl Engine {
         peer: Option<SocketAddr>,
     ) -> Result<Arc<Trigger>, EngineError> {
         if let Some(t) = self.find(namespace, name, metadata) {
+            if let Some(peer) = peer
+                && t.new_caller(peer.ip())
+            {
+                info!(namespace, scaledobject = name, %peer, "new caller for ScaledObject trigger");
+            }
             return Ok(t);
         }
         let Some(auth_ref) = Metadata::new(metadata).get(AUTHENTICATION_REF) else {
@@ -253,6 +258,9 @@ impl Engine {
             self.inner.epoch,
         ));
         source.attach(&t);
+        if let Some(p) = peer {
+            t.new_caller(p.ip());
+        }
         triggers.entry(hash).or_default().push(t.clone());
         self.inner.metrics.triggers.inc();
         info!(

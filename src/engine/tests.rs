@@ -329,3 +329,25 @@ async fn authentication_ref_without_a_resolver_names_the_key() {
     let EngineError::InvalidMetadata(errs) = &err else { panic!("{err}") };
     assert_eq!(errs.keys(), vec!["authenticationRef"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_new_caller_is_recorded_once() {
+    let s = fake("callers");
+    s.set(Ok(1.0));
+    let e = engine();
+    let meta = md(&[("source", "callers")]);
+    let (a, b): (std::net::SocketAddr, std::net::SocketAddr) =
+        ("10.0.0.1:5000".parse().unwrap(), "10.0.0.2:5000".parse().unwrap());
+    let t = e.resolve("ns", "so", &meta, Some(a)).await.unwrap();
+    // The creating call's address is already known; another port of it is the same caller.
+    assert!(!t.new_caller(a.ip()));
+    e.resolve("ns", "so", &meta, Some("10.0.0.1:6000".parse().unwrap())).await.unwrap();
+    assert!(!t.new_caller(a.ip()));
+    assert!(t.new_caller(b.ip()), "a second caller is new once");
+    assert!(!t.new_caller(b.ip()));
+    // Capped: a flood of addresses is not a flood of log lines.
+    for i in 0..100u8 {
+        t.new_caller(std::net::IpAddr::from([10, 1, 0, i]));
+    }
+    assert!(!t.new_caller(std::net::IpAddr::from([10, 2, 0, 1])));
+}

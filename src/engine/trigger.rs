@@ -45,7 +45,12 @@ pub struct Trigger {
     epoch: Instant,
     last_access_millis: AtomicU64,
     open_streams: AtomicUsize,
+    /// Caller addresses seen so far (capped), so each new caller is logged once.
+    callers: Mutex<Vec<std::net::IpAddr>>,
 }
+
+/// Callers remembered per trigger; KEDA has a few (operator, metrics server, their replicas).
+const MAX_CALLERS: usize = 16;
 
 impl Trigger {
     #[allow(clippy::too_many_arguments)]
@@ -79,9 +84,21 @@ impl Trigger {
             epoch,
             last_access_millis: AtomicU64::new(0),
             open_streams: AtomicUsize::new(0),
+            callers: Mutex::new(Vec::new()),
         };
         t.touch(epoch.max(Instant::now()));
         t
+    }
+
+    /// Records a caller; `true` the first time this address calls (and while the list is
+    /// full, never: a flood of addresses must not flood the log).
+    pub fn new_caller(&self, ip: std::net::IpAddr) -> bool {
+        let mut seen = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&ip) || seen.len() >= MAX_CALLERS {
+            return false;
+        }
+        seen.push(ip);
+        true
     }
 
     /// Whether this is the trigger KEDA names by (`namespace`, `name`, `metadata`).
