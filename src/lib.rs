@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod server;
 pub mod simulate;
 pub mod telemetry;
+pub mod tls;
 
 /// KEDA's wire contract, package `externalscaler`.
 pub mod proto {

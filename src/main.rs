@@ -75,6 +75,18 @@ struct ServeArgs {
     /// (`metrics-api` or `prometheus`); see the README's "Azure Container Apps bridge".
     #[arg(long, env = "EBB_CONFIG")]
     config: Option<std::path::PathBuf>,
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key); re-read when it changes.
+    #[arg(long, env = "EBB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "EBB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "EBB_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Seconds between checks of the TLS files for rotation.
+    #[arg(long, env = "EBB_TLS_RELOAD_INTERVAL", default_value = "10", value_parser = seconds)]
+    tls_reload_interval: Duration,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -131,6 +143,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bridge: match &args.config {
             Some(path) => ebb::bridge::Config::load(path)?,
             None => ebb::bridge::Config::default(),
+        },
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(ebb::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+                reload_every: args.tls_reload_interval,
+            }),
+            _ => None,
         },
     };
     let server = server::spawn(opts).await?;

@@ -28,6 +28,8 @@ pub struct ServeOptions {
     pub auth_refs: Option<Arc<dyn AuthRefResolver>>,
     /// ScaledObjects served over HTTP to Container Apps scale rules (`serve --config`).
     pub bridge: crate::bridge::Config,
+    /// TLS (and mTLS) on the gRPC port; `None` serves plaintext h2c.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -38,6 +40,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("engine", &self.engine)
             .field("auth_refs", &self.auth_refs.is_some())
             .field("bridge_scaled_objects", &self.bridge.scaled_objects.len())
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -50,6 +53,7 @@ impl Default for ServeOptions {
             engine: EngineConfig::default(),
             auth_refs: None,
             bridge: crate::bridge::Config::default(),
+            tls: None,
         }
     }
 }
@@ -86,17 +90,21 @@ pub async fn spawn(opts: ServeOptions) -> anyhow::Result<Server> {
 
     let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
     let scaler = ExternalScalerServer::new(grpc::Scaler::new(engine.clone()));
+    let tls = opts.tls.clone().map(crate::tls::Reloading::new).transpose().context("gRPC TLS")?.map(Arc::new);
     let grpc_task = tokio::spawn(async move {
-        // The builder's `tcp_nodelay` applies only to listeners tonic binds itself; without it
-        // small answers wait on Nagle and delayed ACKs (40 ms stalls).
-        let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        let served = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(scaler)
-            .serve_with_incoming_shutdown(incoming, async {
-                grpc_stopped.await.ok();
-            })
-            .await;
+        let router = tonic::transport::Server::builder().add_service(health_service).add_service(scaler);
+        let stop = async {
+            grpc_stopped.await.ok();
+        };
+        let served = match tls {
+            Some(tls) => router.serve_with_incoming_shutdown(crate::tls::incoming(grpc_listener, tls), stop).await,
+            None => {
+                // The builder's `tcp_nodelay` applies only to listeners tonic binds itself;
+                // without it small answers wait on Nagle and delayed ACKs (40 ms stalls).
+                let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+        };
         if let Err(e) = served {
             tracing::error!(error = %e, "gRPC server failed");
         }
