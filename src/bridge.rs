@@ -171,6 +171,7 @@ impl BridgeError {
         match self {
             BridgeError::Unknown(_) => StatusCode::NOT_FOUND,
             BridgeError::BadQuery(_) | BridgeError::Engine(EngineError::InvalidMetadata(_)) => StatusCode::BAD_REQUEST,
+            BridgeError::Engine(EngineError::LimitReached { .. }) => StatusCode::TOO_MANY_REQUESTS,
             // Never a 200 with a made-up value: KEDA keeps its last state (or its fallback).
             BridgeError::Engine(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -42,6 +42,10 @@ pub fn to_status(e: EngineError) -> Status {
     match e {
         EngineError::InvalidMetadata(_) => Status::invalid_argument(e.to_string()),
         EngineError::FirstPollPending { .. } | EngineError::Unavailable { .. } => Status::unavailable(e.to_string()),
+        EngineError::LimitReached { flag, .. } if flag.starts_with("--max-metadata") => {
+            Status::invalid_argument(e.to_string())
+        }
+        EngineError::LimitReached { .. } => Status::resource_exhausted(e.to_string()),
     }
 }
 
@@ -78,10 +82,14 @@ impl ExternalScaler for Scaler {
         &self,
         req: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let permit = self.engine.stream_permit().map_err(to_status)?;
         let t = self.trigger(&req, req.get_ref()).await?;
         let (tx, rx) = mpsc::channel(4);
         let engine = self.engine.clone();
-        tokio::spawn(push_activity(engine, t, tx));
+        tokio::spawn(async move {
+            push_activity(engine, t, tx).await;
+            drop(permit);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -111,10 +119,12 @@ impl ExternalScaler for Scaler {
         &self,
         req: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
+        let permit = self.engine.stream_permit().map_err(to_status)?;
         let t = self.trigger(&req, req.get_ref()).await?;
         let (tx, rx) = mpsc::channel(1);
         let engine = self.engine.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let metrics = engine.metrics().clone();
             let labels = RpcLabels { rpc: "StreamMetricSpec".into() };
             let _guard = t.stream_guard();

@@ -84,6 +84,24 @@ struct ServeArgs {
     /// PEM CA bundle: clients must present a certificate it signed (mTLS).
     #[arg(long, env = "EBB_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<std::path::PathBuf>,
+    /// Most keys in one trigger's metadata (more: INVALID_ARGUMENT).
+    #[arg(long, env = "EBB_MAX_METADATA_ENTRIES", default_value_t = 128)]
+    max_metadata_entries: usize,
+    /// Most bytes (keys + values) in one trigger's metadata (more: INVALID_ARGUMENT).
+    #[arg(long, env = "EBB_MAX_METADATA_BYTES", default_value_t = 65536)]
+    max_metadata_bytes: usize,
+    /// Most tracked ScaledObject triggers; beyond it the least recently used is dropped.
+    #[arg(long, env = "EBB_MAX_SCALEDOBJECTS", default_value_t = 100_000)]
+    max_scaledobjects: usize,
+    /// Most distinct sources; beyond it least recently used triggers are dropped.
+    #[arg(long, env = "EBB_MAX_SOURCES", default_value_t = 20_000)]
+    max_sources: usize,
+    /// Most open StreamIsActive / StreamMetricSpec streams (more: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "EBB_MAX_STREAMS", default_value_t = 50_000)]
+    max_streams: usize,
+    /// Most polls in flight at once over all sources (each source has at most one).
+    #[arg(long, env = "EBB_MAX_CONCURRENT_POLLS", default_value_t = 512)]
+    max_concurrent_polls: usize,
     /// Seconds between checks of the TLS files for rotation.
     #[arg(long, env = "EBB_TLS_RELOAD_INTERVAL", default_value = "10", value_parser = seconds)]
     tls_reload_interval: Duration,
@@ -137,6 +155,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_backoff: args.max_backoff,
             throttle_backoff: args.throttle_backoff,
             idle_timeout: args.idle_timeout,
+            limits: ebb::engine::Limits {
+                metadata_entries: args.max_metadata_entries,
+                metadata_bytes: args.max_metadata_bytes,
+                triggers: args.max_scaledobjects.max(1),
+                sources: args.max_sources.max(1),
+                streams: args.max_streams,
+                concurrent_polls: args.max_concurrent_polls.max(1),
+            },
             ..EngineConfig::default()
         },
         auth_refs: auth_refs(&args).await?,

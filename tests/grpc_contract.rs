@@ -183,3 +183,29 @@ async fn http_endpoints() {
     }
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn limits_answer_with_the_code_and_the_flag() {
+    let limits = ebb::engine::Limits { metadata_entries: 8, streams: 1, ..Default::default() };
+    let opts = ServeOptions {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        engine: EngineConfig { limits, ..EngineConfig::default() },
+        ..ServeOptions::default()
+    };
+    let srv = server::spawn(opts).await.unwrap();
+    let ch = Channel::from_shared(format!("http://{}", srv.grpc_addr)).unwrap().connect().await.unwrap();
+    let mut c = ExternalScalerClient::new(ch);
+    let extra: Vec<(String, String)> = (0..10).map(|i| (format!("k{i}"), "v".to_string())).collect();
+    let mut md = prom(&[]);
+    md.extend(extra);
+    let status = c.get_metric_spec(so_owned("big", &md)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("--max-metadata-entries 8"), "{}", status.message());
+
+    let _open = c.stream_metric_spec(so_owned("s1", &prom(&[]))).await.unwrap().into_inner();
+    let status = c.stream_is_active(so_owned("s2", &prom(&[]))).await.err().expect("second stream refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("--max-streams 1"), "{}", status.message());
+    srv.shutdown().await;
+}

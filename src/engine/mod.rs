@@ -54,6 +54,42 @@ pub struct EngineConfig {
     pub sweep_every: Duration,
     /// Poll delays vary by ± this fraction.
     pub jitter: f64,
+    /// Limits, each with its flag on `ebb serve`.
+    pub limits: Limits,
+}
+
+/// What one ebb accepts. A request over a limit gets an error naming the limit's flag; the
+/// trigger and source limits evict the least recently used triggers first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// `--max-metadata-entries`: keys in one trigger's metadata.
+    pub metadata_entries: usize,
+    /// `--max-metadata-bytes`: keys and values of one trigger's metadata, in bytes.
+    pub metadata_bytes: usize,
+    /// `--max-scaledobjects`: tracked triggers; beyond it the least recently used one without an
+    /// open stream is dropped.
+    pub triggers: usize,
+    /// `--max-sources`: distinct sources; beyond it least recently used triggers are dropped
+    /// until a source is free.
+    pub sources: usize,
+    /// `--max-streams`: open StreamIsActive / StreamMetricSpec streams.
+    pub streams: usize,
+    /// `--max-concurrent-polls`: polls in flight at once over all sources (each source has at
+    /// most one).
+    pub concurrent_polls: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            metadata_entries: 128,
+            metadata_bytes: 64 * 1024,
+            triggers: 100_000,
+            sources: 20_000,
+            streams: 50_000,
+            concurrent_polls: 512,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -66,6 +102,7 @@ impl Default for EngineConfig {
             idle_timeout: Duration::from_secs(300),
             sweep_every: Duration::from_secs(10),
             jitter: 0.1,
+            limits: Limits::default(),
         }
     }
 }
@@ -82,6 +119,9 @@ pub enum EngineError {
     /// The source failed and no good value young enough is left.
     #[error("{scaler} source unavailable: {reason}")]
     Unavailable { scaler: &'static str, reason: String },
+    /// A limit of this ebb was reached; `flag` names it.
+    #[error("limit reached: {what} (ebb serve {flag} {limit})")]
+    LimitReached { what: String, flag: &'static str, limit: usize },
 }
 
 /// The metadata key naming a KEDA TriggerAuthentication in the ScaledObject's namespace.
@@ -109,6 +149,19 @@ struct Inner {
     sources: Mutex<HashMap<SourceKey, Arc<Source>>>,
     /// Set on shutdown; open streams end when they see it.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Open streams, against `limits.streams`.
+    open_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Polls in flight, against `limits.concurrent_polls`.
+    poll_permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// An open stream's place under `--max-streams`; released on drop.
+pub struct StreamPermit(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The engine; cheap to clone.
@@ -124,8 +177,11 @@ impl Engine {
 
     /// An engine with its own scaler registry (tests use scalers they control).
     pub fn with_parser(config: EngineConfig, metrics: Arc<Metrics>, parse: ParseFn) -> Self {
+        let poll_permits = Arc::new(tokio::sync::Semaphore::new(config.limits.concurrent_polls.max(1)));
         Self {
             inner: Arc::new(Inner {
+                poll_permits,
+                open_streams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 config,
                 parse,
                 auth_refs: None,
@@ -152,6 +208,18 @@ impl Engine {
         &self.inner.metrics
     }
 
+    /// A place for one more open stream, or the `--max-streams` error.
+    pub fn stream_permit(&self) -> Result<StreamPermit, EngineError> {
+        use std::sync::atomic::Ordering;
+        let limit = self.inner.config.limits.streams;
+        let open = &self.inner.open_streams;
+        if open.fetch_add(1, Ordering::Relaxed) >= limit {
+            open.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::LimitReached { what: "open streams".into(), flag: "--max-streams", limit });
+        }
+        Ok(StreamPermit(open.clone()))
+    }
+
     /// Number of distinct sources being polled.
     pub fn source_count(&self) -> usize {
         self.inner.sources.lock().expect("sources lock").len()
@@ -174,6 +242,7 @@ impl Engine {
         metadata: &HashMap<String, String>,
         peer: Option<SocketAddr>,
     ) -> Result<Arc<Trigger>, EngineError> {
+        check_metadata_size(metadata, &self.inner.config.limits)?;
         if let Some(t) = self.find(namespace, name, metadata) {
             if let Some(peer) = peer
                 && t.new_caller(peer.ip())
@@ -245,6 +314,7 @@ impl Engine {
         if let Some(t) = triggers.get(&hash).and_then(|b| b.iter().find(|t| t.is(namespace, name, metadata))) {
             return Ok(t.clone());
         }
+        self.make_room(&mut triggers, scaler.source_key())?;
         let source = self.source_for(scaler.as_ref(), options.polling_interval)?;
         let t = Arc::new(Trigger::new(
             namespace,
@@ -291,7 +361,12 @@ impl Engine {
         ));
         sources.insert(source.key.clone(), source.clone());
         self.inner.metrics.sources.set(sources.len() as i64);
-        let task = source::run(source.clone(), self.inner.config.clone(), self.inner.metrics.clone());
+        let task = source::run(
+            source.clone(),
+            self.inner.config.clone(),
+            self.inner.metrics.clone(),
+            self.inner.poll_permits.clone(),
+        );
         tokio::spawn(task);
         info!(source = %source.key, scaler = source.scaler_type, "polling new source");
         Ok(source)
@@ -334,6 +409,70 @@ impl Engine {
             return Err(EngineError::Unavailable { scaler, reason });
         }
         t.decide(now).ok_or_else(|| EngineError::Unavailable { scaler, reason: "no measurement yet".into() })
+    }
+
+    /// Evicts least recently used triggers (never one with an open stream) until one more
+    /// trigger fits under `--max-scaledobjects` and, if `key` is a new source, one more source
+    /// fits under `--max-sources`.
+    fn make_room(&self, triggers: &mut HashMap<u64, Vec<Arc<Trigger>>>, key: &SourceKey) -> Result<(), EngineError> {
+        let limits = &self.inner.config.limits;
+        loop {
+            let count: usize = triggers.values().map(Vec::len).sum();
+            let sources_full = {
+                let sources = self.inner.sources.lock().expect("sources lock");
+                !sources.contains_key(key) && sources.len() >= limits.sources
+            };
+            let triggers_full = count >= limits.triggers;
+            if !triggers_full && !sources_full {
+                return Ok(());
+            }
+            let now = Instant::now();
+            let victim = triggers
+                .values()
+                .flatten()
+                .filter(|t| !t.has_streams())
+                .max_by_key(|t| t.idle_for(now))
+                .map(|t| (trigger::trigger_hash(&t.namespace, &t.name, &t.metadata), t.clone()));
+            let Some((hash, victim)) = victim else {
+                return Err(if triggers_full {
+                    EngineError::LimitReached {
+                        what: "tracked ScaledObject triggers, all with open streams".into(),
+                        flag: "--max-scaledobjects",
+                        limit: limits.triggers,
+                    }
+                } else {
+                    EngineError::LimitReached {
+                        what: "distinct sources, all with open streams".into(),
+                        flag: "--max-sources",
+                        limit: limits.sources,
+                    }
+                });
+            };
+            if let Some(bucket) = triggers.get_mut(&hash) {
+                bucket.retain(|t| !Arc::ptr_eq(t, &victim));
+                if bucket.is_empty() {
+                    triggers.remove(&hash);
+                }
+            }
+            info!(
+                namespace = %victim.namespace,
+                scaledobject = %victim.name,
+                "evicting the least recently used ScaledObject trigger (limit reached)"
+            );
+            victim.forget_metrics();
+            self.inner.metrics.triggers.dec();
+            drop(victim);
+            let mut sources = self.inner.sources.lock().expect("sources lock");
+            sources.retain(|key, s| {
+                let keep = s.sweep() > 0;
+                if !keep {
+                    info!(source = %key, "stopping unused source");
+                    s.stop();
+                }
+                keep
+            });
+            self.inner.metrics.sources.set(sources.len() as i64);
+        }
     }
 
     /// Drops triggers idle longer than their bound (unless a stream is open) and stops the
@@ -407,4 +546,24 @@ impl Engine {
             s.stop();
         }
     }
+}
+
+/// `--max-metadata-entries` and `--max-metadata-bytes`, checked before anything else.
+fn check_metadata_size(metadata: &HashMap<String, String>, limits: &Limits) -> Result<(), EngineError> {
+    if metadata.len() > limits.metadata_entries {
+        return Err(EngineError::LimitReached {
+            what: format!("{} metadata entries", metadata.len()),
+            flag: "--max-metadata-entries",
+            limit: limits.metadata_entries,
+        });
+    }
+    let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > limits.metadata_bytes {
+        return Err(EngineError::LimitReached {
+            what: format!("{bytes} bytes of metadata"),
+            flag: "--max-metadata-bytes",
+            limit: limits.metadata_bytes,
+        });
+    }
+    Ok(())
 }

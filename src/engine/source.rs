@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use ebb_scalers::{Measurement, PollError, Poller, SourceKey};
+use tokio::sync::Semaphore;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
@@ -104,11 +105,13 @@ fn nanos(d: Duration) -> u64 {
 }
 
 /// The poll loop of one source; ends when the source is stopped.
-pub async fn run(source: Arc<Source>, config: EngineConfig, metrics: Arc<Metrics>) {
+pub async fn run(source: Arc<Source>, config: EngineConfig, metrics: Arc<Metrics>, permits: Arc<Semaphore>) {
     let labels = ScalerLabels { scaler: source.scaler_type.to_string() };
     let mut failures: u32 = 0;
     while !source.stopped.load(Ordering::Relaxed) {
         let span = info_span!("poll", scaler = source.scaler_type, source = %source.key);
+        // `--max-concurrent-polls`: waits here when that many polls are in flight.
+        let permit = permits.acquire().await.ok();
         let started = Instant::now();
         metrics.upstream_calls_total.get_or_create(&labels).inc();
         // The poller enforces its own timeout; this outer bound only guards against a poller
@@ -118,6 +121,7 @@ pub async fn run(source: Arc<Source>, config: EngineConfig, metrics: Arc<Metrics
             Ok(r) => r,
             Err(_) => Err(PollError::Timeout(source.poll_timeout)),
         };
+        drop(permit);
         let took = started.elapsed();
         metrics.poll_duration_seconds.get_or_create(&labels).observe(took.as_secs_f64());
         let delay = span.in_scope(|| publish(&source, result, took, &mut failures, &config, &metrics));

@@ -351,3 +351,66 @@ async fn each_new_caller_is_recorded_once() {
     }
     assert!(!t.new_caller(std::net::IpAddr::from([10, 2, 0, 1])));
 }
+
+fn limited(limits: super::Limits) -> Engine {
+    engine_with(EngineConfig { limits, ..EngineConfig::default() })
+}
+
+#[tokio::test(start_paused = true)]
+async fn metadata_over_the_limits_names_the_flag() {
+    let e = limited(super::Limits { metadata_entries: 3, metadata_bytes: 40, ..Default::default() });
+    let many = md(&[("source", "lim"), ("a", "1"), ("b", "2"), ("c", "3")]);
+    let err = e.resolve("ns", "so", &many, None).await.err().expect("limit error").to_string();
+    assert!(err.contains("--max-metadata-entries 3"), "{err}");
+    let big = md(&[("source", "lim"), ("blob", &"x".repeat(64))]);
+    let err = e.resolve("ns", "so", &big, None).await.err().expect("limit error").to_string();
+    assert!(err.contains("--max-metadata-bytes 40"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn trigger_limit_evicts_the_least_recently_used() {
+    for name in ["lru-a", "lru-b", "lru-c"] {
+        fake(name).set(Ok(1.0));
+    }
+    let e = limited(super::Limits { triggers: 2, ..Default::default() });
+    let a = md(&[("source", "lru-a")]);
+    let b = md(&[("source", "lru-b")]);
+    e.resolve("ns", "a", &a, None).await.unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    e.resolve("ns", "b", &b, None).await.unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    e.resolve("ns", "a", &a, None).await.unwrap(); // a is now the most recent
+    tokio::time::advance(Duration::from_secs(1)).await;
+    e.resolve("ns", "c", &md(&[("source", "lru-c")]), None).await.unwrap();
+    assert_eq!(e.trigger_count(), 2);
+    assert_eq!(e.source_count(), 2, "b's source stopped with its only trigger");
+    // An open stream protects a trigger: with every trigger streaming, the limit is an error.
+    let ta = e.resolve("ns", "a", &a, None).await.unwrap();
+    let tc = e.resolve("ns", "c", &md(&[("source", "lru-c")]), None).await.unwrap();
+    let (_ga, _gc) = (ta.stream_guard(), tc.stream_guard());
+    let err = e.resolve("ns", "d", &b, None).await.err().expect("limit error").to_string();
+    assert!(err.contains("--max-scaledobjects 2"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn source_limit_evicts_until_a_source_is_free() {
+    for name in ["src-a", "src-b"] {
+        fake(name).set(Ok(1.0));
+    }
+    let e = limited(super::Limits { sources: 1, ..Default::default() });
+    e.resolve("ns", "a1", &md(&[("source", "src-a")]), None).await.unwrap();
+    e.resolve("ns", "a2", &md(&[("source", "src-a"), ("activationThreshold", "3")]), None).await.unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    e.resolve("ns", "b", &md(&[("source", "src-b")]), None).await.unwrap();
+    assert_eq!((e.source_count(), e.trigger_count()), (1, 1), "both triggers of src-a went");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_limit_is_an_error_naming_the_flag() {
+    let e = limited(super::Limits { streams: 1, ..Default::default() });
+    let first = e.stream_permit().unwrap();
+    let err = e.stream_permit().err().unwrap().to_string();
+    assert!(err.contains("--max-streams 1"), "{err}");
+    drop(first);
+    assert!(e.stream_permit().is_ok(), "released on drop");
+}
