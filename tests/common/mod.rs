@@ -12,6 +12,7 @@
 pub mod azurite;
 pub mod ebb;
 pub mod eventhubs;
+pub mod faults;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod prom;
