@@ -72,6 +72,12 @@ pub struct BenchArgs {
     /// StreamIsActive subscribers (on the first N ScaledObjects).
     #[arg(long, default_value_t = 0)]
     pub streams: usize,
+    /// Reopen each StreamIsActive stream every this many seconds (stream churn).
+    #[arg(long)]
+    pub stream_churn: Option<f64>,
+    /// Print the scaler's RSS and open file descriptors every this many seconds (child only).
+    #[arg(long)]
+    pub sample_every: Option<f64>,
     /// Closed loop: fixed concurrency of GetMetrics for one ScaledObject.
     #[arg(long)]
     pub closed_loop: bool,
@@ -441,31 +447,43 @@ async fn stream_object(
     so: ScaledObjectRef,
     source: Option<Arc<Source>>,
     deadline: Instant,
+    churn: Option<Duration>,
 ) -> (Record, Vec<Duration>) {
     let mut rec = Record::default();
     let mut pushes = Vec::new();
-    let t = Instant::now();
-    let stream = client.stream_is_active(tonic::Request::new(so)).await;
-    rec.add("StreamIsActive", t, &stream);
-    let Ok(stream) = stream else { return (rec, pushes) };
-    let mut stream = stream.into_inner();
     let mut last_rise_seen = None;
-    let mut was_active = false;
-    while let Ok(msg) = tokio::time::timeout_at(deadline.into(), stream.message()).await {
-        let Ok(Some(msg)) = msg else { break };
-        if msg.result
-            && !was_active
-            && let Some(src) = &source
-        {
-            let now = src.start.elapsed().as_secs_f64();
-            if let Some(rise) = src.trace.last_rise(now)
-                && last_rise_seen != Some(rise)
+    // With `--stream-churn`, the stream is dropped and reopened every period, as a proxy that
+    // cuts streams (Container Apps' ingress) makes KEDA do.
+    while Instant::now() < deadline {
+        let until = churn.map_or(deadline, |c| (Instant::now() + c).min(deadline));
+        let t = Instant::now();
+        let stream = client.stream_is_active(tonic::Request::new(so.clone())).await;
+        rec.add("StreamIsActive", t, &stream);
+        let Ok(stream) = stream else {
+            tokio::time::sleep_until(until.into()).await;
+            continue;
+        };
+        let mut stream = stream.into_inner();
+        let mut was_active = false;
+        while let Ok(msg) = tokio::time::timeout_at(until.into(), stream.message()).await {
+            let Ok(Some(msg)) = msg else { break };
+            if msg.result
+                && !was_active
+                && let Some(src) = &source
             {
-                last_rise_seen = Some(rise);
-                pushes.push(Duration::from_secs_f64(now - rise));
+                let now = src.start.elapsed().as_secs_f64();
+                if let Some(rise) = src.trace.last_rise(now)
+                    && last_rise_seen != Some(rise)
+                {
+                    last_rise_seen = Some(rise);
+                    pushes.push(Duration::from_secs_f64(now - rise));
+                }
             }
+            was_active = msg.result;
         }
-        was_active = msg.result;
+        if churn.is_none() {
+            break;
+        }
     }
     (rec, pushes)
 }
@@ -620,6 +638,8 @@ pub async fn execute(args: BenchArgs) -> Result<serde_json::Value, BenchError> {
     let mut target_name = "per-trigger model".to_string();
     let started = Instant::now();
     let mut cpu_before = 0.0;
+    let samples: Arc<std::sync::Mutex<Vec<(f64, f64, f64)>>> = Arc::default();
+    let mut sampler: Option<tokio::task::JoinHandle<()>> = None;
     let ticker = {
         let (bar, rpcs) = (progress.clone(), rpcs.clone());
         tokio::spawn(async move {
@@ -653,6 +673,20 @@ pub async fn execute(args: BenchArgs) -> Result<serde_json::Value, BenchError> {
         let channels = connect(&args, &target).await?;
         if let Some(c) = &child {
             cpu_before = proc_usage(c.0.id()).1;
+            if let Some(every) = args.sample_every.filter(|e| *e > 0.0) {
+                let (pid, samples) = (c.0.id(), samples.clone());
+                sampler = Some(tokio::spawn(async move {
+                    let every = Duration::from_secs_f64(every);
+                    loop {
+                        let t = started.elapsed().as_secs_f64();
+                        let (rss, _) = proc_usage(pid);
+                        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+                        eprintln!("sample t={t:.0}s rss={rss:.1}MiB fds={fds}");
+                        samples.lock().unwrap_or_else(|p| p.into_inner()).push((t, rss, fds as f64));
+                        tokio::time::sleep(every).await;
+                    }
+                }));
+            }
         }
         if args.closed_loop {
             rec = closed_loop(&channels, so_ref(0, &plan.metadata[0]), &args, deadline, rpcs.clone()).await;
@@ -663,11 +697,13 @@ pub async fn execute(args: BenchArgs) -> Result<serde_json::Value, BenchError> {
                 let client = ExternalScalerClient::new(channels[i % channels.len()].clone());
                 let offset = spread(i, plan.metadata.len(), args.polling_interval);
                 if i < args.streams {
+                    let churn = args.stream_churn.filter(|c| *c > 0.0).map(Duration::from_secs_f64);
                     streams.push(tokio::spawn(stream_object(
                         client.clone(),
                         so_ref(i, md),
                         plan.source.clone(),
                         deadline,
+                        churn,
                     )));
                 }
                 tasks.push(tokio::spawn(keda_object(
@@ -693,6 +729,9 @@ pub async fn execute(args: BenchArgs) -> Result<serde_json::Value, BenchError> {
         }
     }
     ticker.abort();
+    if let Some(s) = sampler {
+        s.abort();
+    }
     progress.finish_and_clear();
     let took = started.elapsed().as_secs_f64();
     let (rss, cpu) = match &child {
@@ -702,7 +741,8 @@ pub async fn execute(args: BenchArgs) -> Result<serde_json::Value, BenchError> {
         }
         None => (None, None),
     };
-    Ok(report(
+    let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut report = report(
         &args,
         &target_name,
         took,
@@ -711,7 +751,30 @@ pub async fn execute(args: BenchArgs) -> Result<serde_json::Value, BenchError> {
         simulated.then(|| source.calls.load(Ordering::Relaxed)),
         rss,
         cpu,
-    ))
+    );
+    if !samples.is_empty() {
+        report["samples"] = serde_json::json!(
+            samples
+                .iter()
+                .map(|(t, r, f)| serde_json::json!({"t_s": t.round(), "rss_mib": (r * 10.0).round() / 10.0, "fds": f}))
+                .collect::<Vec<_>>()
+        );
+        report["rss_slope_mib_per_min"] = serde_json::json!(slope(samples.iter().map(|(t, r, _)| (*t, *r))) * 60.0);
+        report["fds_slope_per_min"] = serde_json::json!(slope(samples.iter().map(|(t, _, f)| (*t, *f))) * 60.0);
+    }
+    Ok(report)
+}
+
+/// Least-squares slope of `y` over `t` (per second); 0 with fewer than two points.
+pub fn slope(points: impl Iterator<Item = (f64, f64)> + Clone) -> f64 {
+    let n = points.clone().count() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mt, my) = points.clone().fold((0.0, 0.0), |(a, b), (t, y)| (a + t / n, b + y / n));
+    let (num, den) =
+        points.fold((0.0, 0.0), |(num, den), (t, y)| (num + (t - mt) * (y - my), den + (t - mt) * (t - mt)));
+    if den == 0.0 { 0.0 } else { num / den }
 }
 
 /// Spreads ScaledObject starts over the first polling interval.
@@ -853,6 +916,13 @@ mod tests {
         for bad in ["flip", "flip:0", "wave:3", "steady:x"] {
             assert!(Trace::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn slope_of_a_line() {
+        let pts = [(0.0, 10.0), (60.0, 12.0), (120.0, 14.0)];
+        assert!((slope(pts.iter().copied()) - 2.0 / 60.0).abs() < 1e-9);
+        assert_eq!(slope([(1.0, 5.0)].iter().copied()), 0.0);
     }
 
     #[test]
