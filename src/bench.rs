@@ -35,7 +35,7 @@ use crate::proto::external_scaler_client::ExternalScalerClient;
 use crate::proto::{GetMetricsRequest, ScaledObjectRef};
 
 /// Longest run accepted: load tests here are bounded.
-const MAX_DURATION: f64 = 600.0;
+const MAX_DURATION: f64 = 3600.0;
 /// KEDA's deadline on every external-scaler call.
 const RPC_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -86,7 +86,7 @@ pub struct BenchArgs {
     /// HTTP/2 connections to the scaler.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
-    /// Run time, seconds (at most 600).
+    /// Run time, seconds (at most 3600).
     #[arg(long, default_value_t = 30.0)]
     pub duration: f64,
     /// The simulated source's value over time: `steady:V` or `flip:P` (0 for P seconds, then

@@ -61,7 +61,7 @@ fn closed_loop_and_bad_flags() {
     assert!(r["rpcs"]["GetMetrics"]["count"].as_u64().unwrap() > 10, "{r:#}");
     assert_eq!(r["errors"].as_array().unwrap().len(), 0, "{r:#}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ebb")).args(["bench", "--duration", "601"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ebb")).args(["bench", "--duration", "3601"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
     let out = Command::new(env!("CARGO_BIN_EXE_ebb")).args(["bench", "--source-trace", "wave"]).output().unwrap();
