@@ -204,7 +204,7 @@ async fn limits_answer_with_the_code_and_the_flag() {
     assert!(status.message().contains("--max-metadata-entries 8"), "{}", status.message());
 
     let _open = c.stream_metric_spec(so_owned("s1", &prom(&[]))).await.unwrap().into_inner();
-    let status = c.stream_is_active(so_owned("s2", &prom(&[]))).await.err().expect("second stream refused");
+    let status = c.stream_is_active(so_owned("s2", &prom(&[]))).await.expect_err("second stream refused");
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(status.message().contains("--max-streams 1"), "{}", status.message());
     srv.shutdown().await;

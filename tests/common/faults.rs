@@ -111,7 +111,7 @@ async fn handle(mut sock: TcpStream, fault: Fault, upstream: &str, http: &reqwes
     }
 
     if fault == Fault::Reset {
-        sock.set_linger(Some(Duration::ZERO))?;
+        reset_on_close(&sock)?;
         drop(sock);
         return Ok(());
     }
@@ -162,15 +162,22 @@ async fn handle(mut sock: TcpStream, fault: Fault, upstream: &str, http: &reqwes
     if fault == Fault::Truncate && payload.is_empty() {
         // A header-only answer (Azure Storage's queue properties): cut the headers instead.
         sock.write_all(&head.as_bytes()[..head.len() / 2]).await?;
-        sock.set_linger(Some(Duration::ZERO))?;
+        reset_on_close(&sock)?;
         return Ok(());
     }
     sock.write_all(head.as_bytes()).await?;
     if fault == Fault::Truncate {
         sock.write_all(&payload[..payload.len() / 2]).await?;
         sock.flush().await?;
-        sock.set_linger(Some(Duration::ZERO))?;
+        reset_on_close(&sock)?;
         return Ok(());
     }
     sock.write_all(&payload).await
+}
+
+/// A zero linger makes close send a TCP reset, which is the fault. tokio deprecates
+/// `set_linger` because a non-zero linger blocks in close; zero never does.
+#[allow(deprecated)]
+fn reset_on_close(sock: &TcpStream) -> std::io::Result<()> {
+    sock.set_linger(Some(Duration::ZERO))
 }
