@@ -758,15 +758,15 @@ pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
 
 /// One `<entry>`: the entity name and its counts.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct AtomEntry {
-    title: String,
-    count_details: bool,
-    active: Option<String>,
+pub struct AtomEntry {
+    pub title: String,
+    pub count_details: bool,
+    pub active: Option<String>,
 }
 
 impl AtomEntry {
     /// `ActiveMessageCount`; `Throttled` without `CountDetails`.
-    fn active_count(&self, what: &str) -> Result<i64, PollError> {
+    pub fn active_count(&self, what: &str) -> Result<i64, PollError> {
         if !self.count_details {
             return Err(PollError::Throttled {
                 detail: format!(
@@ -785,14 +785,14 @@ impl AtomEntry {
 
 /// An `<entry>` or a `<feed>` of entries.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct AtomDoc {
-    entries: Vec<AtomEntry>,
+pub struct AtomDoc {
+    pub entries: Vec<AtomEntry>,
     /// The feed has `<link rel="next">`.
-    next: bool,
+    pub next: bool,
 }
 
 /// Reads the entries of an ATOM answer, ignoring namespace prefixes.
-fn parse_atom(body: &str) -> Result<AtomDoc, String> {
+pub fn parse_atom(body: &str) -> Result<AtomDoc, String> {
     let mut reader = quick_xml::Reader::from_str(body);
     let mut doc = AtomDoc::default();
     let mut path: Vec<Vec<u8>> = Vec::new();
@@ -888,7 +888,7 @@ fn push_text(path: &[Vec<u8>], entry: Option<&mut AtomEntry>, text: &str) {
 }
 
 /// The text of the first element named `local` (any prefix), if the body is XML.
-pub(crate) fn element_text(body: &str, local: &str) -> Option<String> {
+pub fn element_text(body: &str, local: &str) -> Option<String> {
     let mut reader = quick_xml::Reader::from_str(body);
     let mut inside = false;
     let mut out = String::new();

@@ -833,7 +833,7 @@ fn rfc3339_millis_now() -> String {
 }
 
 /// Reads a query answer as KEDA's `ExecutePromQuery` does (deviations in the module docs).
-fn interpret(body: &[u8], query: &str, ignore_null_values: bool) -> Result<f64, PollError> {
+pub fn interpret(body: &[u8], query: &str, ignore_null_values: bool) -> Result<f64, PollError> {
     let null = |what: &str| {
         if ignore_null_values {
             Ok(0.0)
