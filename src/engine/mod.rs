@@ -417,7 +417,8 @@ impl Engine {
     fn make_room(&self, triggers: &mut HashMap<u64, Vec<Arc<Trigger>>>, key: &SourceKey) -> Result<(), EngineError> {
         let limits = &self.inner.config.limits;
         loop {
-            let count: usize = triggers.values().map(Vec::len).sum();
+            // The gauge tracks the map exactly (inc on create, dec on every removal): O(1) here.
+            let count = usize::try_from(self.inner.metrics.triggers.get()).unwrap_or(0);
             let sources_full = {
                 let sources = self.inner.sources.lock().expect("sources lock");
                 !sources.contains_key(key) && sources.len() >= limits.sources
