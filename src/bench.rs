@@ -457,7 +457,12 @@ async fn stream_object(
     while Instant::now() < deadline {
         let until = churn.map_or(deadline, |c| (Instant::now() + c).min(deadline));
         let t = Instant::now();
-        let stream = client.stream_is_active(tonic::Request::new(so.clone())).await;
+        // Opening is bounded like any KEDA call; the stream itself may then run long.
+        let stream =
+            match tokio::time::timeout(RPC_DEADLINE, client.stream_is_active(tonic::Request::new(so.clone()))).await {
+                Ok(r) => r,
+                Err(_) => Err(tonic::Status::deadline_exceeded("opening StreamIsActive took over 3 s")),
+            };
         rec.add("StreamIsActive", t, &stream);
         let Ok(stream) = stream else {
             tokio::time::sleep_until(until.into()).await;
@@ -715,15 +720,24 @@ pub async fn execute(args: BenchArgs) -> Result<serde_json::Value, BenchError> {
                     rpcs.clone(),
                 )));
             }
-            for t in tasks {
-                if let Ok(r) = t.await {
-                    rec.merge(r);
+            // Every task ends by the deadline; a few seconds of grace, then whatever is left
+            // is aborted, so the run stays bounded whatever the scaler does.
+            let grace = deadline + Duration::from_secs(5);
+            for mut t in tasks {
+                match tokio::time::timeout_at(grace.into(), &mut t).await {
+                    Ok(Ok(r)) => rec.merge(r),
+                    Ok(Err(_)) => {}
+                    Err(_) => t.abort(),
                 }
             }
-            for s in streams {
-                if let Ok((r, p)) = s.await {
-                    rec.merge(r);
-                    pushes.extend(p);
+            for mut s in streams {
+                match tokio::time::timeout_at(grace.into(), &mut s).await {
+                    Ok(Ok((r, p))) => {
+                        rec.merge(r);
+                        pushes.extend(p);
+                    }
+                    Ok(Err(_)) => {}
+                    Err(_) => s.abort(),
                 }
             }
         }

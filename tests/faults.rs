@@ -1,8 +1,8 @@
-//! Faults under load. A real Prometheus and a real Azurite queue sit behind a fault-injecting
-//! proxy (`common::faults`). KEDA-style load keeps cycling through GetMetricSpec → GetMetrics →
+//! Faults under load. A real Prometheus, a real Azurite queue and the Service Bus wire double
+//! sit behind a fault-injecting proxy (`common::faults`). KEDA-style load keeps cycling through GetMetricSpec → GetMetrics →
 //! IsActive on several ScaledObjects per source, with KEDA's 3 s deadline. Each source goes
 //! through the faults one after the other: slow, reset, truncated, 500, 429, 503 and garbage.
-//! Both sources are faulted at the same time. Shown for every fault:
+//! All three sources are faulted at the same time. Shown for every fault:
 //! - no hung RPC: no deadline is exceeded;
 //! - the last good value is served while it is inside the staleness bound;
 //! - then UNAVAILABLE, and never IsActive=false or a made-up value;
@@ -17,6 +17,7 @@ use common::PromStack;
 use common::azurite::Azurite;
 use common::ebb::{Keda, prom_metadata, so_owned, start_ebb_with};
 use common::faults::{Fault, FaultProxy};
+use common::servicebus::ServiceBusDouble;
 use common::within;
 use ebb::engine::EngineConfig;
 use tonic::Code;
@@ -153,19 +154,30 @@ async fn every_fault_on_every_source_while_keda_load_runs() {
             ("pollingInterval".into(), "1".into()),
         ];
 
+        let sb = ServiceBusDouble::start().await;
+        let sb_proxy = FaultProxy::start(&format!("http://{}", sb.addr)).await;
+        let sb_md: Vec<(String, String)> = vec![
+            ("scalerType".into(), "azure-servicebus".into()),
+            ("connectionFromEnv".into(), sb.behind(format!("127.0.0.1:{}", sb_proxy.port).parse().unwrap())),
+            ("queueName".into(), "orders".into()),
+            ("pollingInterval".into(), "1".into()),
+        ];
+
         let (_srv, keda) = start_ebb_with(engine()).await;
         let seen = Arc::new(Violations::default());
         let stop = Arc::new(Mutex::new(false));
         load(keda.clone(), prom_md.clone(), 42.0, seen.clone(), stop.clone());
         load(keda.clone(), az_md.clone(), 7.0, seen.clone(), stop.clone());
+        load(keda.clone(), sb_md.clone(), 42.0, seen.clone(), stop.clone());
 
-        // Both sources faulted at the same time, each through every fault.
-        let (a, b) = tokio::join!(
+        // All three sources faulted at the same time, each through every fault.
+        let (a, b, c) = tokio::join!(
             fault_matrix("prometheus", &keda, &prom_proxy, &prom_md, 42.0),
             fault_matrix("azure-queue", &keda, &az_proxy, &az_md, 7.0),
+            fault_matrix("azure-servicebus", &keda, &sb_proxy, &sb_md, 42.0),
         );
         *stop.lock().unwrap() = true;
-        for line in a.iter().chain(&b) {
+        for line in a.iter().chain(&b).chain(&c) {
             println!("{line}");
         }
         let seen = seen.0.lock().unwrap();

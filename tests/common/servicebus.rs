@@ -40,6 +40,8 @@ struct State {
     queue: Mutex<QueueAnswer>,
     requests: AtomicUsize,
     log: Mutex<Vec<String>>,
+    /// The address clients sign for when a proxy fronts the double (as Azure's front end does).
+    public: Mutex<Option<SocketAddr>>,
 }
 
 /// A running double; stops when dropped.
@@ -66,6 +68,7 @@ impl ServiceBusDouble {
             queue: Mutex::new(QueueAnswer::Count(42)),
             requests: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
+            public: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local_addr");
@@ -87,6 +90,13 @@ impl ServiceBusDouble {
 
     pub fn connection_string(&self) -> String {
         self.connection_string_with(KEY)
+    }
+
+    /// Serves behind a proxy at `public`: SAS tokens are checked for that address, and the
+    /// returned connection string names it.
+    pub fn behind(&self, public: SocketAddr) -> String {
+        *self.state.public.lock().unwrap() = Some(public);
+        format!("Endpoint=sb://{public}/;SharedAccessKeyName={KEY_NAME};SharedAccessKey={KEY}")
     }
 
     pub fn set_queue(&self, answer: QueueAnswer) {
@@ -118,6 +128,7 @@ fn answer(state: &State, addr: SocketAddr, uri: &Uri, headers: &HeaderMap) -> Re
     let query = uri.query().unwrap_or_default();
     state.log.lock().unwrap().push(format!("{}?{query}", uri.path()));
 
+    let addr = state.public.lock().unwrap().unwrap_or(addr);
     let url = format!("http://{addr}{}?{query}", uri.path());
     if let Err(why) = verify_sas(headers.get("authorization"), &url) {
         let body = fixture("error-401.xml");
