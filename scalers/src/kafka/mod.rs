@@ -433,8 +433,9 @@ pub fn parse_config(md: &Metadata<'_>) -> Result<KafkaScaler, ConfigErrors> {
         errs.push(ConfigError::new("bootstrapServers", "names no server"));
     }
     errs.into_result()?;
+    // Both are `Some` here (a missing key was recorded above); no panic path either way.
     let (Some(bootstrap_servers), Some(group)) = (servers, group) else {
-        unreachable!("missing keys are errors above")
+        return Err(ConfigError::missing("bootstrapServers").into());
     };
     let connection = Connection { bootstrap_servers, tls, sasl };
     let limitation = partitions
