@@ -41,15 +41,9 @@ impl Drop for Ebb {
     }
 }
 
+/// The process's resident memory in MiB (ebb bench reads it the same way).
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+    ebb::bench::proc_usage(pid).0
 }
 
 fn threads(pid: u32) -> usize {

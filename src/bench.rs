@@ -244,7 +244,7 @@ fn spawn_ebb() -> Result<(ChildScaler, String), BenchError> {
 }
 
 /// Resident memory (MiB) and CPU seconds (user + system) of a process, from `/proc`.
-fn proc_usage(pid: u32) -> (f64, f64) {
+pub fn proc_usage(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status
         .lines()

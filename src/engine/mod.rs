@@ -463,17 +463,23 @@ impl Engine {
             victim.forget_metrics();
             self.inner.metrics.triggers.dec();
             drop(victim);
-            let mut sources = self.inner.sources.lock().expect("sources lock");
-            sources.retain(|key, s| {
-                let keep = s.sweep() > 0;
-                if !keep {
-                    info!(source = %key, "stopping unused source");
-                    s.stop();
-                }
-                keep
-            });
-            self.inner.metrics.sources.set(sources.len() as i64);
+            self.stop_unused_sources();
         }
+    }
+
+    /// Stops the sources no trigger uses any more. Callers hold the triggers lock, so no
+    /// trigger can attach to a source being stopped.
+    fn stop_unused_sources(&self) {
+        let mut sources = self.inner.sources.lock().expect("sources lock");
+        sources.retain(|key, s| {
+            let keep = s.sweep() > 0;
+            if !keep {
+                info!(source = %key, "stopping unused source");
+                s.stop();
+            }
+            keep
+        });
+        self.inner.metrics.sources.set(sources.len() as i64);
     }
 
     /// Drops triggers idle longer than their bound (unless a stream is open) and stops the
@@ -500,18 +506,7 @@ impl Engine {
         }
         self.inner.metrics.triggers.dec_by(evicted.len() as i64);
         drop(evicted);
-
-        let mut sources = self.inner.sources.lock().expect("sources lock");
-        sources.retain(|key, s| {
-            let keep = s.sweep() > 0;
-            if !keep {
-                info!(source = %key, "stopping unused source");
-                s.stop();
-            }
-            keep
-        });
-        self.inner.metrics.sources.set(sources.len() as i64);
-        drop(sources);
+        self.stop_unused_sources();
         drop(triggers);
     }
 
