@@ -52,7 +52,8 @@ struct ServeArgs {
     /// The last good value serves until max(this, 3 × interval) old (seconds).
     #[arg(long, env = "EBB_MAX_STALENESS", default_value = "60", value_parser = seconds)]
     max_staleness: Duration,
-    /// Ceiling of the backoff after failed polls (seconds).
+    /// Ceiling of the retry delay after failed polls; it doubles from 1 s and never exceeds the
+    /// pollingInterval either (seconds).
     #[arg(long, env = "EBB_MAX_BACKOFF", default_value = "30", value_parser = seconds)]
     max_backoff: Duration,
     /// Least wait after a throttling answer (seconds).

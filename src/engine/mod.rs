@@ -43,7 +43,8 @@ pub struct EngineConfig {
     /// The last good value serves while younger than `max(max_staleness, 3 × interval)`;
     /// after that requests get UNAVAILABLE with the last error.
     pub max_staleness: Duration,
-    /// Ceiling of the exponential backoff after failed polls.
+    /// Ceiling of the retry delay after failed polls, which doubles from 1 s and never exceeds
+    /// the polling interval either (see [`source::backoff`]).
     pub max_backoff: Duration,
     /// Least wait after a throttling answer (HTTP 429/503, Service Bus without CountDetails).
     pub throttle_backoff: Duration,

@@ -184,12 +184,17 @@ fn publish(
     }
 }
 
-/// Delay before the next poll after `failures` consecutive failures: doubling from the
-/// interval up to `max_backoff`; throttling answers wait at least `throttle_backoff` (or the
-/// source's `Retry-After`, if longer).
+/// First retry after a failed poll; it doubles with each further failure.
+const RETRY_BASE: Duration = Duration::from_secs(1);
+
+/// Delay before the next poll after `failures` consecutive failures: doubling from 1 s, but
+/// never longer than the polling interval (nor `max_backoff`), so a healed source is seen
+/// within one interval, as KEDA's own polling would. Throttling answers are the exception: the
+/// source asked us to slow down, so they wait at least `throttle_backoff` (or the source's
+/// `Retry-After`, if longer).
 pub fn backoff(interval: Duration, failures: u32, error: &PollError, config: &EngineConfig) -> Duration {
-    let exp = interval.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    let mut d = exp.min(config.max_backoff).max(interval);
+    let exp = RETRY_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let mut d = exp.min(interval).min(config.max_backoff).max(RETRY_BASE.min(interval));
     if let PollError::Throttled { retry_after, .. } = error {
         d = d.max(config.throttle_backoff).max(retry_after.unwrap_or_default());
     }
@@ -210,18 +215,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_a_ceiling_and_throttling_waits_longer() {
+    fn backoff_doubles_up_to_the_interval_and_throttling_waits_longer() {
         let cfg = EngineConfig::default();
-        let i = Duration::from_secs(1);
         let other = PollError::Connect("refused".into());
-        let got: Vec<_> = (1..=7).map(|n| backoff(i, n, &other, &cfg).as_secs()).collect();
-        assert_eq!(got, vec![1, 2, 4, 8, 16, 30, 30]);
+        let delays = |interval: u64| -> Vec<u64> {
+            (1..=7).map(|n| backoff(Duration::from_secs(interval), n, &other, &cfg).as_secs()).collect()
+        };
+        // Never past the interval: a healed source is seen within one interval.
+        assert_eq!(delays(1), vec![1; 7]);
+        assert_eq!(delays(10), vec![1, 2, 4, 8, 10, 10, 10]);
+        // Nor past --max-backoff (30 s) when the interval is longer.
+        assert_eq!(delays(60), vec![1, 2, 4, 8, 16, 30, 30]);
+        let i = Duration::from_secs(1);
         let throttled = PollError::Throttled { detail: "429".into(), retry_after: None };
         assert_eq!(backoff(i, 1, &throttled, &cfg), cfg.throttle_backoff);
         let told = PollError::Throttled { detail: "429".into(), retry_after: Some(Duration::from_secs(90)) };
         assert_eq!(backoff(i, 1, &told, &cfg), Duration::from_secs(90));
-        // Never faster than the interval itself.
-        assert_eq!(backoff(Duration::from_secs(60), 1, &other, &cfg), Duration::from_secs(60));
+        // A zero ceiling never makes a busy loop.
+        let zero = EngineConfig { max_backoff: Duration::ZERO, ..EngineConfig::default() };
+        assert_eq!(backoff(Duration::from_secs(5), 3, &other, &zero), RETRY_BASE);
     }
 
     #[test]

@@ -26,6 +26,8 @@ struct State {
     partition_requests: AtomicUsize,
     rejected: AtomicUsize,
     log: Mutex<Vec<String>>,
+    /// The proxy's address when serving behind one (see [`EventHubsDouble::behind`]).
+    public: Mutex<Option<SocketAddr>>,
 }
 
 pub struct EventHubsDouble {
@@ -54,6 +56,7 @@ impl EventHubsDouble {
             partition_requests: AtomicUsize::new(0),
             rejected: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
+            public: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local_addr");
@@ -78,6 +81,16 @@ impl EventHubsDouble {
 
     pub fn connection_string(&self) -> String {
         self.connection_string_with(KEY)
+    }
+
+    /// Serves behind a proxy at `public`: SAS tokens are checked for that address, answers name
+    /// it, and the returned connection string points there.
+    pub fn behind(&self, public: SocketAddr) -> String {
+        *self.state.public.lock().unwrap() = Some(public);
+        format!(
+            "Endpoint=sb://{public}/;SharedAccessKeyName={KEY_NAME};SharedAccessKey={KEY};EntityPath={}",
+            self.state.hub
+        )
     }
 
     /// The namespace FQDN as the checkpointers see it.
@@ -109,6 +122,7 @@ fn xml(status: StatusCode, body: String) -> Response {
 fn answer(state: &State, addr: SocketAddr, uri: &Uri, headers: &HeaderMap) -> Response {
     let query = uri.query().unwrap_or_default();
     state.log.lock().unwrap().push(format!("{}?{query}", uri.path()));
+    let addr = state.public.lock().unwrap().unwrap_or(addr);
     let url = format!("http://{addr}{}?{query}", uri.path());
     if let Err(why) = verify_sas(headers.get("authorization"), &url) {
         state.rejected.fetch_add(1, Ordering::SeqCst);

@@ -181,3 +181,104 @@ async fn handle(mut sock: TcpStream, fault: Fault, upstream: &str, http: &reqwes
 fn reset_on_close(sock: &TcpStream) -> std::io::Result<()> {
     sock.set_linger(Some(Duration::ZERO))
 }
+
+/// A fault-injecting TCP proxy for protocols on long-lived connections (Kafka). The fault is
+/// read for every chunk, in both directions, so it reaches connections already open:
+/// - `Slow(d)`: each chunk from the upstream is held for `d`;
+/// - `Reset`: new connections and the next chunk either way end in a TCP reset;
+/// - `Truncate`: half of the next chunk from the upstream, then a reset;
+/// - `Garbage`: chunks from the upstream arrive scrambled (every byte XOR 0xA5), frame sizes
+///   included.
+///
+/// HTTP statuses have no meaning here; `Status(_)` forwards as is.
+pub struct TcpFaultProxy {
+    pub port: u16,
+    fault: Arc<Mutex<Fault>>,
+    upstream: Arc<Mutex<Option<std::net::SocketAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpFaultProxy {
+    /// Listens at once; forwards nothing until [`TcpFaultProxy::forward_to`] names the upstream
+    /// (a broker must know the proxy's address before it starts, to advertise it).
+    pub async fn start() -> TcpFaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp fault proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let fault = Arc::new(Mutex::new(Fault::None));
+        let upstream = Arc::new(Mutex::new(None));
+        let (f, u) = (fault.clone(), upstream.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (f, u) = (f.clone(), *u.lock().unwrap());
+                tokio::spawn(async move {
+                    let _ = pipe(sock, u, &f).await;
+                });
+            }
+        });
+        TcpFaultProxy { port, fault, upstream, task }
+    }
+
+    pub fn forward_to(&self, upstream: std::net::SocketAddr) {
+        *self.upstream.lock().unwrap() = Some(upstream);
+    }
+
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TcpFaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Pumps one connection both ways, applying the current fault to every chunk.
+async fn pipe(client: TcpStream, upstream: Option<std::net::SocketAddr>, fault: &Mutex<Fault>) -> std::io::Result<()> {
+    let now = || *fault.lock().unwrap();
+    let Some(upstream) = upstream.filter(|_| now() != Fault::Reset) else {
+        return reset_on_close(&client);
+    };
+    let mut up = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(upstream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect upstream"))??;
+    let mut client = client;
+    let (mut from_client, mut from_up) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        tokio::select! {
+            n = client.read(&mut from_client) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok(());
+                }
+                if now() == Fault::Reset {
+                    return reset_on_close(&client);
+                }
+                up.write_all(&from_client[..n]).await?;
+            }
+            n = up.read(&mut from_up) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let chunk = &mut from_up[..n];
+                match now() {
+                    Fault::Slow(d) => tokio::time::sleep(d).await,
+                    Fault::Reset => return reset_on_close(&client),
+                    Fault::Truncate => {
+                        client.write_all(&chunk[..n / 2]).await?;
+                        return reset_on_close(&client);
+                    }
+                    Fault::Garbage => chunk.iter_mut().for_each(|b| *b ^= 0xA5),
+                    Fault::None | Fault::Status(_) => {}
+                }
+                client.write_all(chunk).await?;
+            }
+        }
+    }
+}

@@ -76,6 +76,12 @@ impl Tansu {
     /// Starts tansu on a free loopback port (retried on another port if it exits at once, e.g.
     /// because the port was taken); panics with its log if it does not accept connections in time.
     pub fn start() -> Tansu {
+        Tansu::start_advertising(None)
+    }
+
+    /// Starts tansu advertising `advertised` (`host:port`, e.g. a proxy in front of it) instead
+    /// of its own address, so clients reach every broker through that address after bootstrap.
+    pub fn start_advertising(advertised: Option<&str>) -> Tansu {
         let bin = tansu_bin();
         if !bin.is_file() {
             panic!("tansu not found at {}: run scripts/install-services.sh", bin.display());
@@ -88,8 +94,9 @@ impl Tansu {
             let err = out.try_clone().expect("log handle");
             let port = super::free_port();
             let url = format!("tcp://127.0.0.1:{port}");
+            let advertised = advertised.map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
             let child = Command::new(&bin)
-                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
                 .args(["--storage-engine", "sqlite://tansu.db"])
                 .env_remove("SCHEMA_REGISTRY")
                 .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

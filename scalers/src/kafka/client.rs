@@ -152,6 +152,9 @@ fn client_config(conn: &Connection) -> ClientConfig {
         .set("allow.auto.create.topics", "false")
         .set("socket.timeout.ms", "10000")
         .set("socket.connection.setup.timeout.ms", "10000")
+        // librdkafka's default lets reconnects back off to 10 s; a scaler polls every few
+        // seconds and must see a healed broker within about one interval.
+        .set("reconnect.backoff.max.ms", "1000")
         .set_log_level(RDKafkaLogLevel::Warning);
     let protocol = match (conn.tls.is_some(), conn.sasl.is_some()) {
         (false, false) => "plaintext",
