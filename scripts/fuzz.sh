@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 60)
 #
-# Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). Works on the stable toolchain:
+# Installs cargo-fuzz 0.13.2 from crates.io when it is missing. Works on the stable toolchain:
 # cargo-fuzz's `-Z` flags are allowed through RUSTC_BOOTSTRAP=1. Seeds come from fuzz/corpus/
 # (committed, read only); what the fuzzer finds goes to fuzz/corpus-run/ and crashes to
 # fuzz/artifacts/ (both gitignored). Exits non-zero if any target crashed, leaked or timed out.
@@ -15,7 +15,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 fuzz="$root/fuzz"
 export RUSTC_BOOTSTRAP="${RUSTC_BOOTSTRAP:-1}"
 
-command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install cargo-fuzz --locked" >&2; exit 2; }
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
 
 cd "$fuzz"
 targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"

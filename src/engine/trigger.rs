@@ -175,20 +175,32 @@ impl Drop for StreamGuard {
     }
 }
 
-/// The default metric name: `<scalerType>-<16 hex digits>`, the same on every replica and
-/// every ebb version (FNV-1a over the sorted metadata, which a rolling upgrade must not change;
-/// secrets enter only through the hash).
+/// The default metric name: `<scalerType>-<16 hex digits>`, the same on every replica (FNV-1a
+/// over the sorted metadata). The name is public (HPA status, KEDA's metrics), so the values of
+/// secret-looking keys (see [`is_secret_key`]) never enter it, only their presence: a hash of a
+/// weak password could be checked against guesses.
 pub fn default_metric_name(scaler_type: &str, metadata: &HashMap<String, String>) -> String {
     let mut entries: Vec<_> = metadata.iter().collect();
     entries.sort();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (k, v) in entries {
+        let v = if is_secret_key(k) { "" } else { v.as_str() };
         for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
     }
     format!("{scaler_type}-{h:016x}")
+}
+
+/// Keys that hold or name credentials in any scaler's metadata (`connection`,
+/// `connectionFromEnv`, `password`, `sharedAccessKey`, `tlsClientKey`, `bearerToken`, …).
+/// Broad on purpose: leaving a harmless key out of the name costs nothing, since KEDA prefixes
+/// each trigger's name with its index anyway.
+fn is_secret_key(key: &str) -> bool {
+    const MARKS: [&str; 9] = ["password", "secret", "key", "token", "connection", "credential", "cert", "sas", "auth"];
+    let k = key.to_ascii_lowercase();
+    MARKS.iter().any(|m| k.contains(m))
 }
 
 #[cfg(test)]
@@ -219,5 +231,22 @@ mod tests {
         assert_eq!(n, default_metric_name("prometheus", &a.clone()));
         assert!(n.starts_with("prometheus-") && n.len() == "prometheus-".len() + 16);
         assert_ne!(n, default_metric_name("prometheus", &md(&[("query", "up"), ("threshold", "6")])));
+    }
+
+    #[test]
+    fn default_metric_name_never_depends_on_secret_values() {
+        let name = |conn: &str, pw: &str| {
+            default_metric_name(
+                "azure-queue",
+                &md(&[("queueName", "q"), ("connectionFromEnv", conn), ("password", pw), ("tlsClientKey", pw)]),
+            )
+        };
+        assert_eq!(name("AccountKey=aaa", "hunter2"), name("AccountKey=bbb", "letmein"));
+        // Non-secret values and the presence of secret keys still count.
+        assert_ne!(name("x", "y"), default_metric_name("azure-queue", &md(&[("queueName", "q")])));
+        assert_ne!(
+            default_metric_name("azure-queue", &md(&[("queueName", "a")])),
+            default_metric_name("azure-queue", &md(&[("queueName", "b")]))
+        );
     }
 }
