@@ -103,6 +103,10 @@ struct ServeArgs {
     /// Most polls in flight at once over all sources (each source has at most one).
     #[arg(long, env = "EBB_MAX_CONCURRENT_POLLS", default_value_t = 512)]
     max_concurrent_polls: usize,
+    /// Upstream requests one poll may have in flight at once, per service (Event Hubs
+    /// partitions and checkpoints, Kafka topics' metadata); more wait their turn.
+    #[arg(long, env = "EBB_MAX_UPSTREAM_CONCURRENCY", default_value_t = ebb_scalers::DEFAULT_UPSTREAM_CONCURRENCY)]
+    max_upstream_concurrency: usize,
     /// Seconds between checks of the TLS files for rotation.
     #[arg(long, env = "EBB_TLS_RELOAD_INTERVAL", default_value = "10", value_parser = seconds)]
     tls_reload_interval: Duration,
@@ -147,6 +151,7 @@ async fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ebb_scalers::azure::set_secrets_dir(args.secrets_dir.clone());
+    ebb_scalers::set_upstream_concurrency(args.max_upstream_concurrency);
     let opts = ServeOptions {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,

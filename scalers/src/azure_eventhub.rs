@@ -493,13 +493,16 @@ impl EventHubPoller {
         let ids = self.partition_ids(&hub).await?;
         let cg = &self.cfg.consumer_group;
         let names: Vec<String> = ids.iter().map(|id| self.cfg.strategy.blob_name(&hub.ns, &hub.hub, cg, id)).collect();
-        // One request per partition and one per checkpoint, all at once.
+        // One request per partition and one per checkpoint, both services at once, each
+        // bounded by --max-upstream-concurrency.
+        let (hub_ref, blob_ref, partitions) = (&hub, &blob, ids.len() as u32);
         let (infos, ckpts) = tokio::try_join!(
-            futures::future::try_join_all(ids.iter().map(|id| self.partition(&hub, id))),
-            futures::future::try_join_all(names.iter().map(|n| self.checkpoint(&blob, n))),
+            // Owned items: a closure over borrowed ones is not `Send` enough for async_trait.
+            crate::bounded_requests(ids, |id| async move { self.partition(hub_ref, &id).await }),
+            crate::bounded_requests(names, |n| async move { self.checkpoint(blob_ref, &n).await }),
         )?;
         let counts = infos.iter().zip(&ckpts).map(|(p, c)| unprocessed(*p, *c, self.cfg.stale_threshold));
-        Ok(Measurement::Partitions { unprocessed: total(counts) as f64, partitions: ids.len() as u32 })
+        Ok(Measurement::Partitions { unprocessed: total(counts) as f64, partitions })
     }
 
     async fn hub_target(&self) -> Result<HubTarget, PollError> {

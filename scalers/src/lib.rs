@@ -14,7 +14,9 @@
 //! [`Scaler::evaluate`]. Nothing here knows about gRPC, HTTP serving or KEDA's RPC schedule.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub mod azure;
@@ -170,9 +172,59 @@ pub trait Scaler: Send + Sync + fmt::Debug {
     fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors>;
 }
 
+/// Upstream requests one poll may have in flight at once, per service it calls
+/// (`ebb serve --max-upstream-concurrency`).
+static UPSTREAM_CONCURRENCY: AtomicUsize = AtomicUsize::new(DEFAULT_UPSTREAM_CONCURRENCY);
+pub const DEFAULT_UPSTREAM_CONCURRENCY: usize = 16;
+
+/// Sets the per-poll request limit for this process (at least 1); `ebb serve` calls it once.
+pub fn set_upstream_concurrency(n: usize) {
+    UPSTREAM_CONCURRENCY.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Runs `request` for each item with at most the upstream concurrency limit in flight, in
+/// order; the first error ends it. A poll that fans out (a request per Event Hubs partition
+/// and per checkpoint, Kafka metadata per topic) goes through here, so a hub with 1,024
+/// partitions does not open 2,048 connections at once.
+pub async fn bounded_requests<I, F, Fut, T>(items: I, request: F) -> Result<Vec<T>, PollError>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: Future<Output = Result<T, PollError>>,
+{
+    use futures::{StreamExt, TryStreamExt};
+    let limit = UPSTREAM_CONCURRENCY.load(Ordering::Relaxed);
+    futures::stream::iter(items).map(request).buffered(limit).try_collect().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bounded_requests_caps_what_is_in_flight_and_keeps_order() {
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let got = bounded_requests(0..100u32, |i| {
+            let (now, peak) = (now.clone(), peak.clone());
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(u64::from(i % 3))).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(i * 2)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, (0..100).map(|i| i * 2).collect::<Vec<_>>());
+        // The default limit (no test changes the process-wide value).
+        assert_eq!(peak.load(Ordering::SeqCst), DEFAULT_UPSTREAM_CONCURRENCY);
+        let err = bounded_requests(0..10u32, |i| async move {
+            if i == 3 { Err(PollError::Timeout(Duration::from_secs(1))) } else { Ok(i) }
+        })
+        .await;
+        assert!(matches!(err, Err(PollError::Timeout(_))), "{err:?}");
+    }
 
     #[test]
     fn excerpt_is_short_and_single_line() {

@@ -541,8 +541,10 @@ impl KafkaPoller {
                 let committed = self.client.committed(&t.group, None).await?;
                 let topics: HashSet<Arc<str>> = committed.keys().map(|(t, _)| t.clone()).collect();
                 let mut parts = Vec::new();
-                let lists =
-                    futures::future::try_join_all(topics.iter().map(|name| self.client.partitions(name))).await?;
+                let lists = crate::bounded_requests(topics.iter().cloned(), |name| async move {
+                    self.client.partitions(&name).await
+                })
+                .await?;
                 for (name, ids) in topics.iter().zip(lists) {
                     if ids.is_empty() {
                         return Err(PollError::Rejected(format!(
