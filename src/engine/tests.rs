@@ -204,26 +204,26 @@ async fn last_good_value_serves_until_stale_then_unavailable_then_recovers() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let err = e.decide(&t).await.unwrap_err();
     assert!(err.to_string().contains("connection refused"), "{err}");
-    // Recovery: the backoff ceiling here is 30 s, so the source is polled again within it.
+    // Recovery within one interval: retries never wait longer than the 1 s interval.
     src.set(Ok(3.0));
-    tokio::time::sleep(Duration::from_secs(31)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(e.decide(&t).await.unwrap().metric, 3.0);
 }
 
 #[tokio::test(start_paused = true)]
-async fn failing_source_backs_off_and_throttling_backs_off_longer() {
+async fn failing_source_retries_within_its_interval_and_throttling_backs_off_longer() {
     let failing = fake("backoff");
     failing.set(Err(PollError::Http { status: 500, detail: "boom".into() }));
     let throttled = fake("throttled");
     throttled.set(Err(PollError::Throttled { detail: "HTTP 429".into(), retry_after: None }));
     let e = engine_with(EngineConfig { jitter: 0.0, ..EngineConfig::default() });
-    let a = e.resolve("ns", "a", &md(&[("source", "backoff"), ("pollingInterval", "1")]), None).await.unwrap();
+    let a = e.resolve("ns", "a", &md(&[("source", "backoff"), ("pollingInterval", "10")]), None).await.unwrap();
     let b = e.resolve("ns", "b", &md(&[("source", "throttled"), ("pollingInterval", "1")]), None).await.unwrap();
     assert!(e.decide(&a).await.is_err());
     assert!(e.decide(&b).await.is_err());
     tokio::time::sleep(Duration::from_secs(59)).await;
-    // Polls at 0, 1, 3, 7, 15, 31 s (delays 1, 2, 4, 8, 16, then the 30 s ceiling).
-    assert_eq!(failing.polls(), 6);
+    // Polls at 0, 1, 3, 7, 15, 25, 35, 45, 55 s: delays 1, 2, 4, 8, then the 10 s interval.
+    assert_eq!(failing.polls(), 9);
     // Throttled: at 0 and 30 s (at least `throttle_backoff` after each throttling answer).
     assert_eq!(throttled.polls(), 2);
 }
