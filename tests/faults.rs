@@ -264,7 +264,8 @@ async fn every_fault_on_every_source_alone_then_all_at_once_while_keda_load_runs
             // Healed (the probe saw the true value); strict again once in-flight cycles end.
             tokio::time::sleep(Duration::from_millis(500)).await;
             src.strict.store(true, Ordering::SeqCst);
-            assert!(seen.0.lock().unwrap().is_empty(), "after {} (#{i}) alone: {:#?}", src.name, seen.0.lock().unwrap());
+            let so_far = seen.0.lock().unwrap().clone();
+            assert!(so_far.is_empty(), "after {} (#{i}) alone: {so_far:#?}", src.name);
         }
 
         // All at once.
@@ -291,9 +292,8 @@ async fn kafka() -> (common::kafka::Tansu, Source) {
     use common::faults::TcpFaultProxy;
     let proxy = TcpFaultProxy::start().await;
     let addr = proxy.addr();
-    let tansu = tokio::task::spawn_blocking(move || common::kafka::Tansu::start_advertising(Some(&addr)))
-        .await
-        .expect("tansu");
+    let tansu =
+        tokio::task::spawn_blocking(move || common::kafka::Tansu::start_advertising(Some(&addr))).await.expect("tansu");
     proxy.forward_to(tansu.bootstrap().parse().expect("broker address"));
     let tansu = tokio::task::spawn_blocking(move || {
         tansu.create_topic("faults", 1);

@@ -194,11 +194,13 @@ pub fn default_metric_name(scaler_type: &str, metadata: &HashMap<String, String>
 }
 
 /// Keys that hold or name credentials in any scaler's metadata (`connection`,
-/// `connectionFromEnv`, `password`, `sharedAccessKey`, `tlsClientKey`, `bearerToken`, …).
+/// `connectionFromEnv`, `password`, `sharedAccessKey`, `tlsClientKey`, `bearerToken`,
+/// Prometheus' `customHeaders`, …).
 /// Broad on purpose: leaving a harmless key out of the name costs nothing, since KEDA prefixes
 /// each trigger's name with its index anyway.
 fn is_secret_key(key: &str) -> bool {
-    const MARKS: [&str; 9] = ["password", "secret", "key", "token", "connection", "credential", "cert", "sas", "auth"];
+    const MARKS: [&str; 10] =
+        ["password", "secret", "key", "token", "connection", "credential", "cert", "sas", "auth", "header"];
     let k = key.to_ascii_lowercase();
     MARKS.iter().any(|m| k.contains(m))
 }
@@ -238,7 +240,13 @@ mod tests {
         let name = |conn: &str, pw: &str| {
             default_metric_name(
                 "azure-queue",
-                &md(&[("queueName", "q"), ("connectionFromEnv", conn), ("password", pw), ("tlsClientKey", pw)]),
+                &md(&[
+                    ("queueName", "q"),
+                    ("connectionFromEnv", conn),
+                    ("password", pw),
+                    ("tlsClientKey", pw),
+                    ("customHeaders", pw),
+                ]),
             )
         };
         assert_eq!(name("AccountKey=aaa", "hunter2"), name("AccountKey=bbb", "letmein"));
