@@ -4,7 +4,8 @@
 #   2. cargo test --workspace --all-targets --features k8s,kafka --no-fail-fast (unit, integration,
 #      bench smoke runs; `k8s` adds the TriggerAuthentication tests against a Kubernetes API double,
 #      `kafka` the Kafka lag scaler and its tests against a real broker);
-#   3. cargo test --workspace --doc.
+#   3. cargo test --workspace --doc --features k8s,kafka (the same features, so the build of
+#      step 2 is reused rather than a second set of artifacts built).
 # Each integration test starts its own servers on loopback and stops them itself, so
 # nothing is left running. Extra arguments go to both cargo test runs (e.g. a test filter).
 # Exits non-zero if any step failed; a failed install stops at once.
@@ -39,7 +40,7 @@ if [ ${#failed[@]} -gt 0 ]; then
   exit 1
 fi
 step cargo-test cargo test --workspace --all-targets --features k8s,kafka --no-fail-fast "$@"
-step doc-tests cargo test --workspace --doc "$@"
+step doc-tests cargo test --workspace --doc --features k8s,kafka "$@"
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "==> FAILED: ${failed[*]} (total $((SECONDS - suite_start)) s)" >&2
