@@ -14,9 +14,12 @@
 //! Environment: `EBB_BENCH_SECONDS` (per concurrency level, default 5),
 //! `EBB_BENCH_SCALEDOBJECTS` (default 10000), `EBB_BENCH_SOURCES` (default 1000).
 
+#[path = "../tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::get;
+use common::ebb::ServeProcess;
 use ebb::proto::external_scaler_client::ExternalScalerClient;
 use ebb::proto::{GetMetricsRequest, ScaledObjectRef};
 use tonic::transport::Channel;
@@ -51,18 +55,6 @@ async fn fake_prometheus() -> (SocketAddr, Arc<AtomicU64>) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, count)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Ebb(Child);
-impl Drop for Ebb {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The process's resident memory in MiB (ebb bench reads it the same way).
@@ -144,39 +136,12 @@ async fn run(full: bool) {
         (1, 200, 20, Duration::from_secs(1))
     };
     let (prom, queries) = fake_prometheus().await;
-    let grpc_port = free_port();
-    let http_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ebb"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc_port}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http_port}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning ebb serve");
-    let ebb = Ebb(child);
-    let pid = ebb.0.id();
-
-    let endpoint = format!("http://127.0.0.1:{grpc_port}");
+    // Logs only its start line, so the log file does not grow with the ScaledObjects.
+    let ebb = ServeProcess::start(&[], "warn,ebb::server=info").await;
+    let pid = ebb.child.id();
     let mut channels = Vec::new();
     for _ in 0..4 {
-        let mut attempt = 0;
-        let ch = loop {
-            match Channel::from_shared(endpoint.clone()).unwrap().tcp_nodelay(true).connect().await {
-                Ok(c) => break c,
-                Err(_) if attempt < 50 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("cannot connect to ebb: {e}"),
-            }
-        };
-        channels.push(ch);
+        channels.push(ebb.channel().await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = rss_mib(pid);

@@ -19,26 +19,17 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ebb::ServeProcess;
 use common::kafka::Tansu;
 use ebb::proto::external_scaler_client::ExternalScalerClient;
 use ebb::proto::{GetMetricsRequest, ScaledObjectRef};
-use tonic::transport::Channel;
 
 const PARTITIONS: i32 = 4;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-struct Ebb(Child);
-impl Drop for Ebb {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The process's resident memory in MiB (ebb bench reads it the same way).
@@ -98,33 +89,10 @@ async fn run(full: bool) {
     }
     let setup = setup.elapsed();
 
-    let grpc_port = common::free_port();
-    let http_port = common::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ebb"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc_port}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http_port}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning ebb serve");
-    let ebb = Ebb(child);
-    let pid = ebb.0.id();
-    let endpoint = format!("http://127.0.0.1:{grpc_port}");
-    let mut channel = None;
-    for _ in 0..50 {
-        if let Ok(c) = Channel::from_shared(endpoint.clone()).unwrap().connect().await {
-            channel = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let channel = channel.expect("cannot connect to ebb");
+    // Logs only its start line, so the log file does not grow with the ScaledObjects.
+    let ebb = ServeProcess::start(&[], "warn,ebb::server=info").await;
+    let pid = ebb.child.id();
+    let channel = ebb.channel().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_mib(pid);
 
@@ -169,7 +137,7 @@ async fn run(full: bool) {
     let settle = if full { Duration::from_secs(16) } else { Duration::from_secs(2) };
     tokio::time::sleep(settle).await;
     let loaded_rss = rss_mib(pid);
-    let metrics = reqwest::get(format!("http://127.0.0.1:{http_port}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", ebb.http)).await.unwrap().text().await.unwrap();
     let grab = |prefix: &str| {
         metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).unwrap_or("?").to_string()
     };

@@ -9,17 +9,15 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::Query;
 use axum::response::IntoResponse;
-use common::ebb::{Keda, prom_metadata, so_owned};
-use common::{free_port, within};
+use common::ebb::{Keda, ServeProcess, prom_metadata, so_owned};
+use common::within;
 use ebb::proto::external_scaler_client::ExternalScalerClient;
 use tonic::transport::Channel;
 
@@ -58,107 +56,13 @@ async fn slow_prometheus() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>, tokio
     (format!("http://{addr}"), warm, slow, task)
 }
 
-/// The `ebb serve` child; killed (by its handle) if the test ends before it exits.
-struct Ebb {
-    child: Child,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Ebb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Ebb {
-    /// Starts `ebb serve` on free loopback ports and waits (bounded) until gRPC accepts calls;
-    /// retries on other ports if it exits at once (a port taken meanwhile).
-    async fn start() -> Ebb {
-        let mut last = String::new();
-        for _ in 0..3 {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let log = dir.path().join("ebb.log");
-            let out = std::fs::File::create(&log).expect("log");
-            let err = out.try_clone().expect("log handle");
-            let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let child = Command::new(env!("CARGO_BIN_EXE_ebb"))
-                .args(["serve", "--grpc-addr", &grpc.to_string(), "--http-addr", &http.to_string()])
-                // Room for the 1 s first poll (the default is 1.5 s).
-                .args(["--first-poll-wait", "5"])
-                .env("RUST_LOG", "debug")
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(out))
-                .stderr(Stdio::from(err))
-                .spawn()
-                .expect("spawning ebb serve");
-            let mut ebb = Ebb { child, grpc, http, log, _dir: dir };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(15) {
-                if let Ok(Some(status)) = ebb.child.try_wait() {
-                    last = format!("ebb exited ({status}) before serving:\n{}", ebb.log_text());
-                    break;
-                }
-                if ebb.log_text().contains("ebb serving") {
-                    return ebb;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            if ebb.child.try_wait().ok().flatten().is_none() {
-                panic!("ebb did not serve within 15 s:\n{}", ebb.log_text());
-            }
-        }
-        panic!("ebb serve failed to start 3 times; last: {last}");
-    }
-
-    fn log_text(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("running kill");
-        assert!(status.success(), "kill -TERM failed: {status}");
-    }
-
-    /// Waits (bounded by `limit`) for the process to exit.
-    async fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-}
-
-async fn connect(addr: SocketAddr) -> Keda {
-    let channel = within(
-        Duration::from_secs(5),
-        "connecting to ebb",
-        Channel::from_shared(format!("http://{addr}")).expect("uri").connect(),
-    )
-    .await
-    .expect("connecting to ebb");
-    Keda { client: ExternalScalerClient::new(channel) }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_calls_ends_streams_and_exits() {
     within(TEST_LIMIT, "sigterm_drains_in_flight_calls_ends_streams_and_exits", async {
         let (prom, warm_queries, slow_queries, prom_task) = slow_prometheus().await;
-        let mut ebb = Ebb::start().await;
-        let keda = connect(ebb.grpc).await;
+        // Room for the 1 s first poll (the default wait is 1.5 s).
+        let mut ebb = ServeProcess::start(&["--first-poll-wait", "5"], "debug").await;
+        let keda = Keda { client: ExternalScalerClient::new(ebb.channel().await) };
 
         // A scraper's keep-alive HTTP connection, idle at SIGTERM.
         let scraper = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().expect("client");

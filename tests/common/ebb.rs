@@ -199,3 +199,96 @@ pub fn assert_status<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, needl
         }
     }
 }
+
+/// The `ebb serve` binary as a child process on free loopback ports, its output in a log file
+/// in a temp dir; killed (by its handle) on drop.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub grpc: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServeProcess {
+    /// Starts `ebb serve --grpc-addr … --http-addr … <args>` with `RUST_LOG=<rust_log>` (which
+    /// must let `ebb::server`'s info line through) and waits (bounded) until it logs that it
+    /// serves; retries on other ports if it exits at once (a port taken meanwhile).
+    pub async fn start(args: &[&str], rust_log: &str) -> ServeProcess {
+        use std::net::SocketAddr;
+        use std::process::{Command, Stdio};
+        use std::time::Instant;
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let log = dir.path().join("ebb.log");
+            let out = std::fs::File::create(&log).expect("log");
+            let err = out.try_clone().expect("log handle");
+            let grpc = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+            let http = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+            let child = Command::new(env!("CARGO_BIN_EXE_ebb"))
+                .args(["serve", "--grpc-addr", &grpc.to_string(), "--http-addr", &http.to_string()])
+                .args(args)
+                .env("RUST_LOG", rust_log)
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err))
+                .spawn()
+                .expect("spawning ebb serve");
+            let mut ebb = ServeProcess { child, grpc, http, log, _dir: dir };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if let Ok(Some(status)) = ebb.child.try_wait() {
+                    last = format!("ebb exited ({status}) before serving:\n{}", ebb.log_text());
+                    break;
+                }
+                if ebb.log_text().contains("ebb serving") {
+                    return ebb;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if ebb.child.try_wait().ok().flatten().is_none() {
+                panic!("ebb did not serve within 15 s:\n{}", ebb.log_text());
+            }
+        }
+        panic!("ebb serve failed to start 3 times; last: {last}");
+    }
+
+    /// A new HTTP/2 connection to its gRPC port.
+    pub async fn channel(&self) -> Channel {
+        let endpoint = Channel::from_shared(format!("http://{}", self.grpc)).expect("uri").tcp_nodelay(true);
+        super::within(Duration::from_secs(5), "connecting to ebb", endpoint.connect()).await.expect("connecting to ebb")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits (bounded by `limit`) for the process to exit.
+    pub async fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
