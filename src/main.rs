@@ -94,7 +94,7 @@ struct ServeArgs {
     /// Most tracked ScaledObject triggers; beyond it the least recently used is dropped.
     #[arg(long, env = "EBB_MAX_SCALEDOBJECTS", default_value_t = 100_000)]
     max_scaledobjects: usize,
-    /// Most distinct sources; beyond it least recently used triggers are dropped.
+    /// Most distinct sources; beyond it the least recently used source goes, with its triggers.
     #[arg(long, env = "EBB_MAX_SOURCES", default_value_t = 20_000)]
     max_sources: usize,
     /// Most open StreamIsActive / StreamMetricSpec streams (more: RESOURCE_EXHAUSTED).

@@ -60,7 +60,7 @@ pub struct EngineConfig {
 }
 
 /// What one ebb accepts. A request over a limit gets an error naming the limit's flag; the
-/// trigger and source limits evict the least recently used triggers first.
+/// trigger and source limits evict the least recently used trigger, or source, first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// `--max-metadata-entries`: keys in one trigger's metadata.
@@ -70,8 +70,8 @@ pub struct Limits {
     /// `--max-scaledobjects`: tracked triggers; beyond it the least recently used one without an
     /// open stream is dropped.
     pub triggers: usize,
-    /// `--max-sources`: distinct sources; beyond it least recently used triggers are dropped
-    /// until a source is free.
+    /// `--max-sources`: distinct sources; a new source beyond it evicts the least recently used
+    /// source with all its triggers.
     pub sources: usize,
     /// `--max-streams`: open StreamIsActive / StreamMetricSpec streams.
     pub streams: usize,
@@ -412,60 +412,71 @@ impl Engine {
         t.decide(now).ok_or_else(|| EngineError::Unavailable { scaler, reason: "no measurement yet".into() })
     }
 
-    /// Evicts least recently used triggers (never one with an open stream) until one more
-    /// trigger fits under `--max-scaledobjects` and, if `key` is a new source, one more source
-    /// fits under `--max-sources`.
+    /// Makes room for one more trigger on source `key`. Over `--max-scaledobjects`, the least
+    /// recently used trigger goes; if `key` is a new source over `--max-sources`, the least
+    /// recently used source goes whole, all its triggers in one pass. Triggers with an open
+    /// stream, and sources with one, are never evicted.
     fn make_room(&self, triggers: &mut HashMap<u64, Vec<Arc<Trigger>>>, key: &SourceKey) -> Result<(), EngineError> {
         let limits = &self.inner.config.limits;
-        loop {
-            // The gauge tracks the map exactly (inc on create, dec on every removal): O(1) here.
-            let count = usize::try_from(self.inner.metrics.triggers.get()).unwrap_or(0);
-            let sources_full = {
-                let sources = self.inner.sources.lock().expect("sources lock");
-                !sources.contains_key(key) && sources.len() >= limits.sources
-            };
-            let triggers_full = count >= limits.triggers;
-            if !triggers_full && !sources_full {
-                return Ok(());
-            }
-            let now = Instant::now();
-            let victim = triggers
-                .values()
-                .flatten()
-                .filter(|t| !t.has_streams())
-                .max_by_key(|t| t.idle_for(now))
-                .map(|t| (trigger::trigger_hash(&t.namespace, &t.name, &t.metadata), t.clone()));
-            let Some((hash, victim)) = victim else {
-                return Err(if triggers_full {
-                    EngineError::LimitReached {
-                        what: "tracked ScaledObject triggers, all with open streams".into(),
-                        flag: "--max-scaledobjects",
-                        limit: limits.triggers,
-                    }
-                } else {
-                    EngineError::LimitReached {
-                        what: "distinct sources, all with open streams".into(),
-                        flag: "--max-sources",
-                        limit: limits.sources,
-                    }
+        let now = Instant::now();
+        // The gauge tracks the map exactly (inc on create, dec on every removal): O(1) here.
+        if usize::try_from(self.inner.metrics.triggers.get()).unwrap_or(0) >= limits.triggers {
+            let victim = triggers.values().flatten().filter(|t| !t.has_streams()).max_by_key(|t| t.idle_for(now));
+            // By address: a clone held here would keep its source alive past the eviction.
+            let Some(victim) = victim.map(Arc::as_ptr) else {
+                return Err(EngineError::LimitReached {
+                    what: "tracked ScaledObject triggers, all with open streams".into(),
+                    flag: "--max-scaledobjects",
+                    limit: limits.triggers,
                 });
             };
-            if let Some(bucket) = triggers.get_mut(&hash) {
-                bucket.retain(|t| !Arc::ptr_eq(t, &victim));
-                if bucket.is_empty() {
-                    triggers.remove(&hash);
-                }
-            }
-            info!(
-                namespace = %victim.namespace,
-                scaledobject = %victim.name,
-                "evicting the least recently used ScaledObject trigger (limit reached)"
-            );
-            victim.forget_metrics();
-            self.inner.metrics.triggers.dec();
-            drop(victim);
-            self.stop_unused_sources();
+            self.evict(triggers, |t| std::ptr::eq(Arc::as_ptr(t), victim));
         }
+        let sources_full = {
+            let sources = self.inner.sources.lock().expect("sources lock");
+            !sources.contains_key(key) && sources.len() >= limits.sources
+        };
+        if sources_full {
+            // A source was last used when its most recent trigger was; `None`: it has a stream.
+            let mut idle: HashMap<&SourceKey, Option<Duration>> = HashMap::new();
+            for t in triggers.values().flatten() {
+                let e = idle.entry(&t.source.key).or_insert(Some(Duration::MAX));
+                *e = if t.has_streams() { None } else { e.map(|d| d.min(t.idle_for(now))) };
+            }
+            let victim = idle.into_iter().filter_map(|(k, d)| Some((k, d?))).max_by_key(|(_, d)| *d);
+            let Some(victim) = victim.map(|(k, _)| k.clone()) else {
+                return Err(EngineError::LimitReached {
+                    what: "distinct sources, all with open streams".into(),
+                    flag: "--max-sources",
+                    limit: limits.sources,
+                });
+            };
+            self.evict(triggers, |t| t.source.key == victim);
+        }
+        Ok(())
+    }
+
+    /// Drops the triggers `doomed` picks (one pass over the map), then stops the sources left
+    /// without triggers.
+    fn evict(&self, triggers: &mut HashMap<u64, Vec<Arc<Trigger>>>, doomed: impl Fn(&Arc<Trigger>) -> bool) {
+        triggers.retain(|_, bucket| {
+            bucket.retain(|t| {
+                if !doomed(t) {
+                    return true;
+                }
+                info!(
+                    namespace = %t.namespace,
+                    scaledobject = %t.name,
+                    source = %t.source.key,
+                    "evicting a least recently used ScaledObject trigger (limit reached)"
+                );
+                t.forget_metrics();
+                self.inner.metrics.triggers.dec();
+                false
+            });
+            !bucket.is_empty()
+        });
+        self.stop_unused_sources();
     }
 
     /// Stops the sources no trigger uses any more. Callers hold the triggers lock, so no

@@ -393,16 +393,31 @@ async fn trigger_limit_evicts_the_least_recently_used() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn source_limit_evicts_until_a_source_is_free() {
-    for name in ["src-a", "src-b"] {
+async fn source_limit_evicts_the_least_recently_used_source_whole() {
+    for name in ["src-a", "src-b", "src-c"] {
         fake(name).set(Ok(1.0));
     }
-    let e = limited(super::Limits { sources: 1, ..Default::default() });
-    e.resolve("ns", "a1", &md(&[("source", "src-a")]), None).await.unwrap();
-    e.resolve("ns", "a2", &md(&[("source", "src-a"), ("activationThreshold", "3")]), None).await.unwrap();
+    let e = limited(super::Limits { sources: 2, ..Default::default() });
+    let a1 = md(&[("source", "src-a")]);
+    let a2 = md(&[("source", "src-a"), ("activationThreshold", "3")]);
+    e.resolve("ns", "a1", &a1, None).await.unwrap(); // the oldest trigger …
     tokio::time::advance(Duration::from_secs(1)).await;
     e.resolve("ns", "b", &md(&[("source", "src-b")]), None).await.unwrap();
-    assert_eq!((e.source_count(), e.trigger_count()), (1, 1), "both triggers of src-a went");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    e.resolve("ns", "a2", &a2, None).await.unwrap(); // … but src-a was used last
+    tokio::time::advance(Duration::from_secs(1)).await;
+    e.resolve("ns", "c", &md(&[("source", "src-c")]), None).await.unwrap();
+    assert_eq!((e.source_count(), e.trigger_count()), (2, 3), "only src-b went, with its trigger");
+    // Then src-a is the least recently used source: both its triggers go at once.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    e.resolve("ns", "b", &md(&[("source", "src-b")]), None).await.unwrap();
+    assert_eq!((e.source_count(), e.trigger_count()), (2, 2), "src-a went whole");
+    // A source with an open stream is never evicted: with both streaming, the limit is an error.
+    let tb = e.resolve("ns", "b", &md(&[("source", "src-b")]), None).await.unwrap();
+    let tc = e.resolve("ns", "c", &md(&[("source", "src-c")]), None).await.unwrap();
+    let (_gb, _gc) = (tb.stream_guard(), tc.stream_guard());
+    let err = e.resolve("ns", "a1", &a1, None).await.err().expect("limit error").to_string();
+    assert!(err.contains("--max-sources 2"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
