@@ -38,6 +38,9 @@ pub const METRIC: &str = "ebb_scaledobject_value";
 pub struct Config {
     #[serde(default)]
     pub scaled_objects: Vec<ScaledObject>,
+    /// Who may use ebb's identity and secrets (gRPC and bridge alike); see [`crate::access`].
+    #[serde(default)]
+    pub access: crate::access::AccessPolicy,
 }
 
 /// One ScaledObject served by the bridge: a name and KEDA trigger metadata (with `scalerType`).
@@ -81,6 +84,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let cfg: Config = serde_saphyr::from_str(text)
             .map_err(|e| ConfigError::Parse { path: String::new(), reason: e.to_string() })?;
+        cfg.access.validate().map_err(|reason| ConfigError::Parse { path: String::new(), reason })?;
         let mut seen = std::collections::HashSet::new();
         for so in &cfg.scaled_objects {
             if !seen.insert((so.namespace.as_str(), so.name.as_str())) {
@@ -172,6 +176,7 @@ impl BridgeError {
             BridgeError::Unknown(_) => StatusCode::NOT_FOUND,
             BridgeError::BadQuery(_) | BridgeError::Engine(EngineError::InvalidMetadata(_)) => StatusCode::BAD_REQUEST,
             BridgeError::Engine(EngineError::LimitReached { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            BridgeError::Engine(EngineError::PermissionDenied(_)) => StatusCode::FORBIDDEN,
             // Never a 200 with a made-up value: KEDA keeps its last state (or its fallback).
             BridgeError::Engine(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -24,6 +24,24 @@ pub struct CheckReport {
     pub active: bool,
     pub desired_replicas: u32,
     pub poll_ms: f64,
+    /// The interval `serve` would poll at: the trigger's, raised to `--min-polling-interval`.
+    pub polling_interval_s: f64,
+    /// What `serve` would do differently from what the metadata says.
+    pub notes: Vec<String>,
+}
+
+/// The `serve` settings a check applies.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    pub min_polling_interval: std::time::Duration,
+    /// Where ebb's identity may go (`--azure-private-suffix`, `--azure-monitor-audience`).
+    pub endpoints: ebb_scalers::trust::Endpoints,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self { min_polling_interval: crate::engine::DEFAULT_MIN_POLLING_INTERVAL, endpoints: Default::default() }
+    }
 }
 
 /// Why a check failed; bad metadata and a failed poll exit with different codes.
@@ -57,9 +75,25 @@ pub fn parse_pairs(args: &[String]) -> Result<HashMap<String, String>, String> {
 
 /// Parses, polls once and decides. A single observation cannot show a cooldown, so in
 /// `replicas` mode an idle source reports 1 replica, exactly as a freshly started server would.
-pub async fn run(metadata: &HashMap<String, String>) -> Result<CheckReport, CheckError> {
+///
+/// ebb's identity goes only where `serve` would send it; the operator running `check` is trusted
+/// with named secrets, so namespace bindings do not apply here.
+pub async fn run(metadata: &HashMap<String, String>, opts: &CheckOptions) -> Result<CheckReport, CheckError> {
     let scaler = ebb_scalers::parse(metadata).map_err(EngineError::from)?;
+    for held in scaler.held() {
+        if let ebb_scalers::trust::Held::Identity(u) = held {
+            opts.endpoints.check(&u).map_err(|e| EngineError::InvalidMetadata(e.into()))?;
+        }
+    }
     let options = policy::parse(&Metadata::new(metadata), scaler.target()).map_err(EngineError::from)?;
+    let mut notes = Vec::new();
+    let polling_interval = options.polling_interval.max(opts.min_polling_interval);
+    if polling_interval > options.polling_interval {
+        notes.push(format!(
+            "pollingInterval {:?} is below --min-polling-interval: serve polls every {:?}",
+            options.polling_interval, polling_interval
+        ));
+    }
     let poller = scaler.poller().map_err(EngineError::from)?;
     let started = Instant::now();
     let m = poller.poll().await.map_err(|error| CheckError::Poll { scaler: scaler.scaler_type(), error })?;
@@ -88,6 +122,8 @@ pub async fn run(metadata: &HashMap<String, String>) -> Result<CheckReport, Chec
         active: d.active,
         desired_replicas: d.desired_replicas,
         poll_ms,
+        polling_interval_s: polling_interval.as_secs_f64(),
+        notes,
     })
 }
 
@@ -100,6 +136,10 @@ impl std::fmt::Display for CheckReport {
         writeln!(f, "metric            {}", self.metric)?;
         writeln!(f, "active            {}", self.active)?;
         writeln!(f, "desired replicas  {}", self.desired_replicas)?;
+        writeln!(f, "polling interval  {} s", self.polling_interval_s)?;
+        for note in &self.notes {
+            writeln!(f, "note              {note}")?;
+        }
         write!(f, "poll took         {:.1} ms", self.poll_ms)
     }
 }
@@ -119,7 +159,7 @@ mod tests {
     #[tokio::test]
     async fn bad_metadata_exits_2_naming_the_key() {
         let m = parse_pairs(&["scalerType=prometheus".to_string()]).unwrap();
-        let e = run(&m).await.unwrap_err();
+        let e = run(&m, &CheckOptions::default()).await.unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("serverAddress"), "{e}");
     }

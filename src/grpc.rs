@@ -46,6 +46,7 @@ pub fn to_status(e: EngineError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         EngineError::LimitReached { .. } => Status::resource_exhausted(e.to_string()),
+        EngineError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
     }
 }
 

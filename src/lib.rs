@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`engine`]: ScaledObject triggers, the shared source cache, decisions.
+//! - [`access`]: the operator's policy on who may use ebb's identity and secrets.
 //! - [`grpc`]: the `externalscaler.ExternalScaler` service KEDA calls.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`server`]: wires the doors onto one engine (`ebb serve`).
@@ -13,6 +14,7 @@
 //!
 //! Event sources live in the `ebb-scalers` crate, which knows nothing of gRPC or KEDA's RPCs.
 
+pub mod access;
 pub mod bench;
 pub mod bridge;
 pub mod check;

@@ -33,6 +33,11 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// As `serve --min-polling-interval` (seconds).
+        #[arg(long, env = "EBB_MIN_POLLING_INTERVAL", default_value = "1", value_parser = seconds)]
+        min_polling_interval: Duration,
+        #[command(flatten)]
+        azure: AzureEndpointArgs,
     },
     /// Replay a workload trace under KEDA's default policy and ebb's: cost, message wait, chart.
     Simulate(ebb::simulate::SimulateArgs),
@@ -110,6 +115,35 @@ struct ServeArgs {
     /// Seconds between checks of the TLS files for rotation.
     #[arg(long, env = "EBB_TLS_RELOAD_INTERVAL", default_value = "10", value_parser = seconds)]
     tls_reload_interval: Duration,
+    /// Least pollingInterval a trigger gets (seconds); one asking for less polls at this.
+    #[arg(long, env = "EBB_MIN_POLLING_INTERVAL", default_value = "1", value_parser = seconds)]
+    min_polling_interval: Duration,
+    #[command(flatten)]
+    azure: AzureEndpointArgs,
+}
+
+/// Where ebb's own Azure identity may go besides the Azure clouds' own service hosts.
+#[derive(Args, Clone, Default)]
+struct AzureEndpointArgs {
+    /// SERVICE=SUFFIX (service: servicebus, storage or monitor): a private cloud's endpoint
+    /// suffix ebb's identity may be sent to (`cloud: Private` + `endpointSuffix`). Repeatable.
+    #[arg(long = "azure-private-suffix", env = "EBB_AZURE_PRIVATE_SUFFIXES", value_delimiter = ',',
+          value_parser = ebb_scalers::trust::Endpoints::parse_private_suffix)]
+    private_suffixes: Vec<(ebb_scalers::trust::AzureService, String)>,
+    /// An Azure Monitor resource URL (`azureManagedPrometheusResourceURL`) besides the clouds'
+    /// own, e.g. a private cloud's. Repeatable.
+    #[arg(long = "azure-monitor-audience", env = "EBB_AZURE_MONITOR_AUDIENCES", value_delimiter = ',',
+          value_parser = ebb_scalers::trust::Endpoints::parse_monitor_audience)]
+    monitor_audiences: Vec<String>,
+}
+
+impl AzureEndpointArgs {
+    fn endpoints(&self) -> ebb_scalers::trust::Endpoints {
+        ebb_scalers::trust::Endpoints {
+            private_suffixes: self.private_suffixes.clone(),
+            monitor_audiences: self.monitor_audiences.clone(),
+        }
+    }
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -131,7 +165,10 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { metadata, json } => check(&metadata, json).await,
+        Command::Check { metadata, json, min_polling_interval, azure } => {
+            let opts = ebb::check::CheckOptions { min_polling_interval, endpoints: azure.endpoints() };
+            check(&metadata, json, &opts).await
+        }
         Command::Bench(args) => match ebb::bench::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -152,6 +189,15 @@ async fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ebb_scalers::azure::set_secrets_dir(args.secrets_dir.clone());
     ebb_scalers::set_upstream_concurrency(args.max_upstream_concurrency);
+    let bridge = match &args.config {
+        Some(path) => ebb::bridge::Config::load(path)?,
+        None => ebb::bridge::Config::default(),
+    };
+    let access = ebb::access::Access {
+        policy: bridge.access.clone(),
+        endpoints: args.azure.endpoints(),
+        mtls: args.tls_cert.is_some() && args.tls_client_ca.is_some(),
+    };
     let opts = ServeOptions {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
@@ -161,6 +207,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_backoff: args.max_backoff,
             throttle_backoff: args.throttle_backoff,
             idle_timeout: args.idle_timeout,
+            min_polling_interval: args.min_polling_interval,
+            access,
             limits: ebb::engine::Limits {
                 metadata_entries: args.max_metadata_entries,
                 metadata_bytes: args.max_metadata_bytes,
@@ -172,10 +220,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..EngineConfig::default()
         },
         auth_refs: auth_refs(&args).await?,
-        bridge: match &args.config {
-            Some(path) => ebb::bridge::Config::load(path)?,
-            None => ebb::bridge::Config::default(),
-        },
+        bridge,
         tls: match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(ebb::tls::TlsFiles {
                 cert: cert.clone(),
@@ -225,7 +270,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn check(args: &[String], json: bool) -> ExitCode {
+async fn check(args: &[String], json: bool, opts: &ebb::check::CheckOptions) -> ExitCode {
     let metadata = match ebb::check::parse_pairs(args) {
         Ok(m) => m,
         Err(e) => {
@@ -233,7 +278,7 @@ async fn check(args: &[String], json: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match ebb::check::run(&metadata).await {
+    match ebb::check::run(&metadata, opts).await {
         Ok(report) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));

@@ -40,6 +40,40 @@ async fn check_polls_once_and_prints_metric_activity_and_replicas() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("desired replicas  5"), "{text}");
     assert!(text.contains("output mode       replicas (target 1)"), "{text}");
+
+    // Issue 13: a pollingInterval under serve's floor is reported as serve would poll it.
+    let args = ["check", "scalerType=prometheus", &server, &query, "threshold=10", "pollingInterval=0.001"];
+    let out = ebb_async(args.iter().map(|s| s.to_string()).collect()).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("polling interval  1 s"), "{text}");
+    assert!(text.contains("note") && text.contains("--min-polling-interval"), "{text}");
+}
+
+/// Issue 13: `ebb check` sends ebb's identity only where `serve` would.
+#[test]
+fn check_refuses_identity_towards_unapproved_hosts() {
+    let args = [
+        "check",
+        "scalerType=prometheus",
+        "serverAddress=http://127.0.0.1:9",
+        "query=up",
+        "threshold=1",
+        "azureManagedPrometheusResourceURL=https://vault.azure.net/.default",
+    ];
+    let out = ebb(&args);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serverAddress"), "{out:?}");
+    let args = [
+        "check",
+        "scalerType=azure-servicebus",
+        "namespace=x",
+        "queueName=q",
+        "cloud=Private",
+        "endpointSuffix=evil.example",
+    ];
+    let out = ebb(&args);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("endpointSuffix"), "{out:?}");
 }
 
 #[test]

@@ -166,10 +166,49 @@ impl KubeDouble {
     }
 }
 
-/// Starts ebb resolving `authenticationRef` against `kube`.
+/// Starts ebb resolving `authenticationRef` against `kube`, for every namespace, believing the
+/// caller's namespace (as behind the chart's NetworkPolicy).
 async fn start_ebb(kube: &KubeDouble) -> (ebb::server::Server, common::ebb::Keda) {
+    start_ebb_access(kube, common::ebb::open_access()).await
+}
+
+async fn start_ebb_access(kube: &KubeDouble, access: ebb::access::Access) -> (ebb::server::Server, common::ebb::Keda) {
     let resolver = Arc::new(KubeAuthRefs::new(kube.client()));
-    start_ebb_with_opts(ServeOptions { auth_refs: Some(resolver), ..ServeOptions::default() }).await
+    let engine = ebb::engine::EngineConfig { access, ..Default::default() };
+    start_ebb_with_opts(ServeOptions { auth_refs: Some(resolver), engine, ..ServeOptions::default() }).await
+}
+
+/// Issue 13: a caller naming another team's namespace reads nothing of it. The namespace must be
+/// bound to `authenticationRef` and the caller's namespace believable (mTLS, or the operator's
+/// word that a NetworkPolicy admits only KEDA); otherwise PERMISSION_DENIED, before any read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_namespaces_and_unbelievable_callers_read_nothing() {
+    within(TEST_LIMIT, "other_namespaces_and_unbelievable_callers_read_nothing", async {
+        let kube = KubeDouble::start().await;
+        kube.add_trigger_auth("team-b", "sb-auth", secret_target_ref("connection", "sb", "connection"));
+        kube.add_secret(
+            "team-b",
+            "sb",
+            &[(
+                "connection",
+                "Endpoint=sb://team-b.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=team-b-secret",
+            )],
+        );
+        let bound_a = |trust: bool| {
+            let yaml =
+                format!("trustCallerNamespace: {trust}\nbindings: [{{namespaces: [team-a], authenticationRef: true}}]");
+            ebb::access::Access { policy: serde_saphyr::from_str(&yaml).unwrap(), ..Default::default() }
+        };
+        let mut team_b = so_owned("steal", &sb_metadata("sb-auth", &[]));
+        team_b.namespace = "team-b".into();
+        for (access, needle) in [(bound_a(true), "team-b"), (bound_a(false), "trustCallerNamespace")] {
+            let (srv, keda) = start_ebb_access(&kube, access).await;
+            assert_status(keda.get_metric_spec(&team_b).await, Code::PermissionDenied, needle, "team-b");
+            srv.shutdown().await;
+        }
+        assert!(kube.log().is_empty(), "nothing was read: {:?}", kube.log());
+    })
+    .await;
 }
 
 /// `azure-servicebus` trigger metadata with no connection of its own, only `authenticationRef`.

@@ -38,7 +38,10 @@ async fn cycle_until(
 async fn gauge_follows_pushed_value() {
     within(TEST_LIMIT, "gauge_follows_pushed_value", async {
         let stack = PromStack::start().await;
-        let (srv, keda) = start_ebb().await;
+        // The trigger asks for 0.5 s: below serve's default floor of 1 s.
+        let engine =
+            ebb::engine::EngineConfig { min_polling_interval: Duration::from_millis(100), ..Default::default() };
+        let (srv, keda) = common::ebb::start_ebb_with(engine).await;
         let metric = common::unique_name("ebb_e2e_gauge");
         let job = "gauge_test";
         let query = format!("{metric}{{queue=\"orders\"}}");

@@ -391,6 +391,7 @@ async fn no_secret_in_logs_errors_metrics_or_cli() {
 
         let opts = ServeOptions {
             auth_refs: Some(Arc::new(Resolver { token: ref_token.clone() })),
+            engine: ebb::engine::EngineConfig { access: common::ebb::open_access(), ..Default::default() },
             ..ServeOptions::default()
         };
         let (srv, keda) = start_ebb_with_opts(opts).await;

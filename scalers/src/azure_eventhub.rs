@@ -45,10 +45,11 @@ use url::Url;
 use crate::azure::{Cloud, SecretSource, Service};
 use crate::azure_queue::{AccountKey, ConnectionCredential, blob_container_sas, blob_endpoint};
 use crate::azure_servicebus::{
-    ConnectionString as EhConnection, SasCredential, error_detail, path_encode, read_body, retry_after, sas_token,
-    scheme_for, scrub, shared_client, unix_now,
+    ConnectionString as EhConnection, SasCredential, content_type, error_detail, malformed_atom, path_encode,
+    read_body, retry_after, sas_token, scheme_for, scrub, shared_client, unix_now, xml_error,
 };
 use crate::metadata::collect;
+use crate::trust::{AzureService, Held, IdentityUse};
 use crate::{
     ConfigError, ConfigErrors, Evaluation, Measurement, Metadata, PollError, Poller, Scaler, SourceKey, excerpt,
 };
@@ -157,7 +158,7 @@ impl Strategy {
     /// Reads the sequence number from a JSON checkpoint payload.
     pub fn parse_payload(self, body: &str) -> Result<i64, String> {
         let v: serde_json::Value =
-            serde_json::from_str(body).map_err(|e| format!("checkpoint is not JSON: {}", excerpt(&e.to_string())))?;
+            serde_json::from_str(body).map_err(|e| format!("checkpoint is {}", crate::json_error(&e)))?;
         let n = match self {
             Strategy::GoSdk | Strategy::Dapr => v.get("checkpoint").and_then(|c| c.get("sequenceNumber")),
             _ => v.get("SequenceNumber").or_else(|| v.get("sequence_number")),
@@ -165,15 +166,22 @@ impl Strategy {
         // Go unmarshals a missing number as 0.
         match n {
             None | Some(serde_json::Value::Null) => Ok(0),
-            Some(n) => n.as_i64().ok_or_else(|| format!("checkpoint sequence number {n} is not an integer")),
+            Some(n) => n.as_i64().ok_or_else(|| "checkpoint sequence number is not an integer".to_owned()),
         }
     }
 }
 
 #[derive(Debug, Clone)]
 enum HubAuth {
-    Connection { source: SecretSource, parsed: Option<EhConnection> },
-    Identity { host: String },
+    Connection {
+        source: SecretSource,
+        parsed: Option<EhConnection>,
+    },
+    /// ebb's identity against `<namespace>.<suffix>`; `host_key` chose the host.
+    Identity {
+        host: String,
+        host_key: &'static str,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +209,8 @@ struct PollConfig {
     container: String,
     strategy: Strategy,
     stale_threshold: i64,
+    /// The key that chose the checkpoint account's host for ebb's identity.
+    storage_key: &'static str,
 }
 
 /// Parses an `azure-eventhub` trigger. Pure and cheap.
@@ -263,7 +273,10 @@ fn parse_config(md: &Metadata<'_>) -> Result<EventHubScaler, ConfigErrors> {
         None => match md.get("eventHubNamespace") {
             Some(ns) if ns.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')) => cloud
                 .and_then(|c| collect(&mut errs, c.suffix(md, Service::ServiceBus, "endpointSuffix")))
-                .map(|suffix| HubAuth::Identity { host: format!("{ns}.{suffix}") }),
+                .map(|suffix| HubAuth::Identity {
+                    host: format!("{ns}.{suffix}"),
+                    host_key: if cloud == Some(Cloud::Private) { "endpointSuffix" } else { "eventHubNamespace" },
+                }),
             Some(ns) => {
                 errs.push(ConfigError::new("eventHubNamespace", format!("{ns:?} is not an Event Hubs namespace name")));
                 None
@@ -337,7 +350,7 @@ fn parse_config(md: &Metadata<'_>) -> Result<EventHubScaler, ConfigErrors> {
     let ns_label = match &hub_auth {
         HubAuth::Connection { parsed: Some(cs), .. } => cs.host.clone(),
         HubAuth::Connection { source, .. } => source.label(),
-        HubAuth::Identity { host } => host.clone(),
+        HubAuth::Identity { host, .. } => host.clone(),
     };
     let hub_label = hub_known.unwrap_or_else(|| "(EntityPath)".to_string());
     let storage_label = match &storage {
@@ -371,6 +384,7 @@ fn parse_config(md: &Metadata<'_>) -> Result<EventHubScaler, ConfigErrors> {
             container,
             strategy,
             stale_threshold: stale,
+            storage_key: if cloud == Some(Cloud::Private) { "storageEndpointSuffix" } else { "storageAccountName" },
         }),
     })
 }
@@ -424,6 +438,40 @@ impl Scaler for EventHubScaler {
             storage_token: tokio::sync::Mutex::new(None),
         }))
     }
+
+    fn held(&self) -> Vec<Held> {
+        let cfg = &self.cfg;
+        let mut held = Vec::new();
+        match &cfg.hub_auth {
+            HubAuth::Identity { host, host_key } => held.push(Held::Identity(IdentityUse {
+                service: AzureService::ServiceBus,
+                url: format!("https://{host}/"),
+                entity: cfg.hub.clone().unwrap_or_default(),
+                audience: ENTRA_SCOPE.to_owned(),
+                host_key,
+                audience_key: None,
+            })),
+            HubAuth::Connection { source: SecretSource::Named(name), .. } => {
+                held.push(Held::NamedSecret { name: name.clone(), key: "connectionRef".to_owned() })
+            }
+            HubAuth::Connection { .. } => {}
+        }
+        match &cfg.storage {
+            StorageAuth::Identity(url) => held.push(Held::Identity(IdentityUse {
+                service: AzureService::Storage,
+                url: url.to_string(),
+                entity: cfg.container.clone(),
+                audience: STORAGE_SCOPE.to_owned(),
+                host_key: cfg.storage_key,
+                audience_key: None,
+            })),
+            StorageAuth::Connection(SecretSource::Named(name)) => {
+                held.push(Held::NamedSecret { name: name.clone(), key: "storageConnectionRef".to_owned() })
+            }
+            StorageAuth::Connection(SecretSource::Value(_)) => {}
+        }
+        held
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -466,13 +514,17 @@ impl Poller for EventHubPoller {
     }
 }
 
-async fn bearer(slot: &tokio::sync::Mutex<Option<AccessToken>>, scope: &str) -> Result<String, PollError> {
+async fn bearer(
+    slot: &tokio::sync::Mutex<Option<AccessToken>>,
+    target: &Url,
+    scope: &str,
+) -> Result<String, PollError> {
     let mut cached = slot.lock().await;
     let fresh_until = azure_core::time::OffsetDateTime::now_utc() + TOKEN_REFRESH_MARGIN;
     if let Some(t) = cached.as_ref().filter(|t| t.expires_on > fresh_until) {
         return Ok(t.token.secret().to_owned());
     }
-    let credential: Arc<dyn TokenCredential> = crate::azure::identity()?;
+    let credential: Arc<dyn TokenCredential> = crate::azure::identity_for(target)?;
     let t = credential
         .get_token(&[scope], None)
         .await
@@ -498,8 +550,14 @@ impl EventHubPoller {
         let (hub_ref, blob_ref, partitions) = (&hub, &blob, ids.len() as u32);
         let (infos, ckpts) = tokio::try_join!(
             // Owned items: a closure over borrowed ones is not `Send` enough for async_trait.
-            crate::bounded_requests(ids, |id| async move { self.partition(hub_ref, &id).await }),
-            crate::bounded_requests(names, |n| async move { self.checkpoint(blob_ref, &n).await }),
+            // Partitions are named by their index in the answer in errors: the ids are values of
+            // the answer.
+            crate::bounded_requests(ids.into_iter().enumerate(), |(i, id)| async move {
+                self.partition(hub_ref, i, &id).await
+            }),
+            crate::bounded_requests(names.into_iter().enumerate(), |(i, n)| async move {
+                self.checkpoint(blob_ref, i, &n).await
+            }),
         )?;
         let counts = infos.iter().zip(&ckpts).map(|(p, c)| unprocessed(*p, *c, self.cfg.stale_threshold));
         Ok(Measurement::Partitions { unprocessed: total(counts) as f64, partitions })
@@ -535,8 +593,10 @@ impl EventHubPoller {
                 };
                 Ok(HubTarget { base, ns: cs.host.clone(), hub, authorization: sensitive(&token)?, secrets })
             }
-            HubAuth::Identity { host } => {
-                let token = bearer(&self.hub_token, ENTRA_SCOPE).await?;
+            HubAuth::Identity { host, .. } => {
+                let target = Url::parse(&format!("https://{host}/"))
+                    .map_err(|_| PollError::Credential("the namespace host is not a URL".into()))?;
+                let token = bearer(&self.hub_token, &target, ENTRA_SCOPE).await?;
                 Ok(HubTarget {
                     base: format!("{}://{host}", scheme_for(host)),
                     ns: host.clone(),
@@ -575,7 +635,7 @@ impl EventHubPoller {
                 })
             }
             StorageAuth::Identity(endpoint) => {
-                let token = bearer(&self.storage_token, STORAGE_SCOPE).await?;
+                let token = bearer(&self.storage_token, endpoint, STORAGE_SCOPE).await?;
                 Ok(BlobTarget {
                     container_url: with_container(endpoint.clone())?,
                     sas: None,
@@ -589,8 +649,9 @@ impl EventHubPoller {
     async fn partition_ids(&self, t: &HubTarget) -> Result<Vec<String>, PollError> {
         let url = format!("{}/{}?api-version={API_VERSION}", t.base, path_encode(&t.hub));
         let what = format!("event hub {:?}", t.hub);
-        let body = self.hub_get(t, &url, &what).await?;
-        let ids = parse_partition_ids(&body).map_err(|e| PollError::Malformed(format!("{what}: {e}")))?;
+        let (body, content_type) = self.hub_get(t, &url, &what).await?;
+        let ids = parse_partition_ids(&body)
+            .map_err(|e| malformed_atom(SCALER_TYPE, &what, &e, content_type.as_deref(), &body, &t.secrets))?;
         if ids.is_empty() {
             return Err(PollError::NotFound(format!("{what} does not exist (no partitions in the answer)")));
         }
@@ -600,7 +661,8 @@ impl EventHubPoller {
         Ok(ids)
     }
 
-    async fn partition(&self, t: &HubTarget, id: &str) -> Result<PartitionInfo, PollError> {
+    /// Partition `id`, the `index`th of the hub's answer.
+    async fn partition(&self, t: &HubTarget, index: usize, id: &str) -> Result<PartitionInfo, PollError> {
         let url = format!(
             "{}/{}/consumergroups/{}/partitions/{}?api-version={API_VERSION}",
             t.base,
@@ -608,12 +670,14 @@ impl EventHubPoller {
             path_encode(&self.cfg.consumer_group),
             path_encode(id)
         );
-        let what = format!("partition {id:?} of event hub {:?}", t.hub);
-        let body = self.hub_get(t, &url, &what).await?;
-        parse_partition(&body).map_err(|e| PollError::Malformed(format!("{what}: {e}")))
+        let what = format!("partition at index {index} of event hub {:?}", t.hub);
+        let (body, content_type) = self.hub_get(t, &url, &what).await?;
+        parse_partition(&body)
+            .map_err(|e| malformed_atom(SCALER_TYPE, &what, &e, content_type.as_deref(), &body, &t.secrets))
     }
 
-    async fn hub_get(&self, t: &HubTarget, url: &str, what: &str) -> Result<String, PollError> {
+    /// A GET of the management API; the body and its `Content-Type` on success.
+    async fn hub_get(&self, t: &HubTarget, url: &str, what: &str) -> Result<(String, Option<String>), PollError> {
         let response = self
             .client
             .get(url)
@@ -624,15 +688,23 @@ impl EventHubPoller {
             .map_err(transport)?;
         let status = response.status();
         let retry = response.headers().get(RETRY_AFTER).and_then(retry_after);
+        let content_type = content_type(response.headers());
         let body = read_body(response).await.map_err(transport)?;
         if status.is_success() {
-            return Ok(body);
+            return Ok((body, content_type));
         }
-        Err(status_error(status.as_u16(), scrub(&error_detail(&body), &t.secrets), retry, what))
+        tracing::debug!(
+            scaler = SCALER_TYPE,
+            status = status.as_u16(),
+            detail = %excerpt(&scrub(&body, &t.secrets)),
+            "event hubs management api returned an error"
+        );
+        Err(status_error(status.as_u16(), error_detail(content_type.as_deref(), &body), retry, what))
     }
 
     /// The checkpoint's sequence number, `None` when the blob or container does not exist.
-    async fn checkpoint(&self, t: &BlobTarget, blob: &str) -> Result<Option<i64>, PollError> {
+    /// `index` is its partition's place in the hub's answer.
+    async fn checkpoint(&self, t: &BlobTarget, index: usize, blob: &str) -> Result<Option<i64>, PollError> {
         let mut url = t.container_url.clone();
         {
             let mut segs = url.path_segments_mut().map_err(|_| PollError::Malformed("blob URL".into()))?;
@@ -652,30 +724,41 @@ impl EventHubPoller {
         if status.as_u16() == 404 {
             return Ok(None);
         }
-        let what = format!("checkpoint blob {blob:?}");
+        let what = format!("checkpoint of the partition at index {index}");
         if status.is_success() && metadata {
             let v = response
                 .headers()
                 .get("x-ms-meta-sequencenumber")
                 .ok_or_else(|| PollError::Malformed(format!("{what}: no sequencenumber metadata")))?;
             let text = v.to_str().unwrap_or_default().trim();
-            return text.parse::<i64>().map(Some).map_err(|_| {
-                PollError::Malformed(format!("{what}: sequencenumber {:?} is not an integer", excerpt(text)))
-            });
+            return text
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| PollError::Malformed(format!("{what}: sequencenumber metadata is not an integer")));
         }
         let retry = response.headers().get(RETRY_AFTER).and_then(retry_after);
         let code = response.headers().get("x-ms-error-code").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let content_type = content_type(response.headers());
         let body = read_body(response).await.map_err(transport)?;
+        let log = |status: u16| {
+            tracing::debug!(
+                scaler = SCALER_TYPE,
+                status,
+                blob,
+                detail = %excerpt(&scrub(&body, &t.secrets)),
+                "checkpoint blob answer is unusable"
+            )
+        };
         if status.is_success() {
-            return self
-                .cfg
-                .strategy
-                .parse_payload(&body)
-                .map(Some)
-                .map_err(|e| PollError::Malformed(format!("{what}: {e}")));
+            return self.cfg.strategy.parse_payload(&body).map(Some).map_err(|e| {
+                log(status.as_u16());
+                let summary = crate::body_summary(content_type.as_deref(), body.len());
+                PollError::Malformed(format!("{what}: {e} ({summary})"))
+            });
         }
-        let detail = code.unwrap_or_else(|| excerpt(&body));
-        Err(status_error(status.as_u16(), scrub(&detail, &t.secrets), retry, &what))
+        log(status.as_u16());
+        let detail = crate::azure_queue::storage_error_detail(code.as_deref(), content_type.as_deref(), &body);
+        Err(status_error(status.as_u16(), detail, retry, &what))
     }
 }
 
@@ -716,7 +799,7 @@ fn walk_xml(body: &str, mut f: impl FnMut(&[Vec<u8>], &str)) -> Result<(), Strin
     let mut path: Vec<Vec<u8>> = Vec::new();
     let mut seen = false;
     loop {
-        match reader.read_event().map_err(|e| format!("not XML: {}", excerpt(&e.to_string())))? {
+        match reader.read_event().map_err(|e| xml_error(&e, reader.error_position()))? {
             Event::Start(e) => {
                 seen = true;
                 path.push(e.local_name().as_ref().to_vec());
@@ -726,18 +809,18 @@ fn walk_xml(body: &str, mut f: impl FnMut(&[Vec<u8>], &str)) -> Result<(), Strin
                 path.pop();
             }
             Event::Text(t) => {
-                let text = t.decode().map_err(|e| format!("not UTF-8: {e}"))?;
+                let text = t.decode().map_err(|_| "not UTF-8".to_owned())?;
                 f(&path, &text);
             }
             Event::CData(t) => {
-                let text = t.decode().map_err(|e| format!("not UTF-8: {e}"))?;
+                let text = t.decode().map_err(|_| "not UTF-8".to_owned())?;
                 f(&path, &text);
             }
             Event::Eof => break,
             _ => {}
         }
     }
-    if seen { Ok(()) } else { Err(format!("empty answer: {}", excerpt(body))) }
+    if seen { Ok(()) } else { Err("no XML element in the answer".to_owned()) }
 }
 
 /// `EventHubDescription/PartitionIds/string` texts.
@@ -767,7 +850,7 @@ pub fn parse_partition(body: &str) -> Result<PartitionInfo, String> {
     })?;
     let num = |v: Option<String>, name: &str| {
         let v = v.ok_or_else(|| format!("no {name} in the PartitionDescription"))?;
-        v.trim().parse::<i64>().map_err(|_| format!("{name} {:?} is not an integer", excerpt(&v)))
+        v.trim().parse::<i64>().map_err(|_| format!("{name} is not an integer"))
     };
     Ok(PartitionInfo { begin: num(begin, "BeginSequenceNumber")?, last: num(end, "EndSequenceNumber")? })
 }
@@ -956,5 +1039,190 @@ mod tests {
         assert_eq!(parse_partition(p).unwrap(), P(3, 41));
         assert!(parse_partition("<entry/>").is_err());
         assert!(parse_partition("").is_err());
+    }
+
+    /// One answer of the local namespace: status, content type, body, extra headers.
+    type Answer = (u16, &'static str, &'static str, &'static [(&'static str, &'static str)]);
+
+    const HUB_OK: Answer = (
+        200,
+        "application/atom+xml",
+        r#"<entry xmlns="http://www.w3.org/2005/Atom"><content><EventHubDescription><PartitionIds><d3p1:string>0</d3p1:string></PartitionIds></EventHubDescription></content></entry>"#,
+        &[],
+    );
+    const PART_OK: Answer = (
+        200,
+        "application/atom+xml",
+        "<entry><content><PartitionDescription><BeginSequenceNumber>0</BeginSequenceNumber><EndSequenceNumber>10</EndSequenceNumber></PartitionDescription></content></entry>",
+        &[],
+    );
+    const BLOB_OK: Answer = (200, "application/json", r#"{"SequenceNumber":5}"#, &[]);
+
+    /// Serves the hub (`/hub`), its partitions (`/hub/consumergroups/…`) and the checkpoint
+    /// container (`/acct/…`) on loopback; returns the `connection` and `storageConnection`.
+    async fn serve_namespace(hub: Answer, part: Answer, blob: Answer) -> (String, String) {
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| async move {
+            let path = uri.path();
+            let (status, ct, body, headers) = if path.starts_with("/hub/consumergroups/") {
+                part
+            } else if path.starts_with("/acct/") {
+                blob
+            } else {
+                hub
+            };
+            let mut resp = axum::http::Response::builder().status(status).header("content-type", ct);
+            for (k, v) in headers {
+                resp = resp.header(*k, *v);
+            }
+            resp.body(axum::body::Body::from(body)).unwrap()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        (
+            format!("Endpoint=sb://{addr}/;SharedAccessKeyName=n;SharedAccessKey=s3cr3tkey;EntityPath=hub"),
+            format!("AccountName=acct;AccountKey=a2V5a2V5a2V5;BlobEndpoint=http://{addr}/acct"),
+        )
+    }
+
+    /// The connection strings (hence the hosts) are the caller's, so an answer may be any
+    /// internal page: no error quotes its bytes, nor ids or numbers parsed out of it.
+    #[tokio::test]
+    async fn poll_errors_never_quote_the_answer() {
+        const M: &str = "LEAKED-BODY-MARKER";
+        const HTML: &str = "<html><body>LEAKED-BODY-MARKER internal admin</body></html>";
+        const SB_ERROR: &str = "<Error><Code>40100</Code><Detail>LEAKED-BODY-MARKER: bad token</Detail></Error>";
+        const STORAGE_ERROR: &str = r#"<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthenticationFailed</Code><Message>LEAKED-BODY-MARKER</Message></Error>"#;
+        const META: &str = "blobMetadata";
+        /// Name, hub, partition and checkpoint answers, checkpointStrategy, kind, wanted texts.
+        type Case = (&'static str, Answer, Answer, Answer, &'static str, &'static str, &'static [&'static str]);
+        let cases: &[Case] = &[
+            (
+                "hub 500 html",
+                (500, "text/html", HTML, &[]),
+                PART_OK,
+                BLOB_OK,
+                "",
+                "http",
+                &["HTTP 500", "text/html, 59 bytes"],
+            ),
+            (
+                "hub 401 service bus error",
+                (401, "application/xml", SB_ERROR, &[]),
+                PART_OK,
+                BLOB_OK,
+                "",
+                "auth",
+                &["HTTP 401", "error code 40100 (application/xml"],
+            ),
+            (
+                "hub 200 broken XML",
+                (200, "text/html", "<html><LEAKED-BODY-MARKER></html>", &[]),
+                PART_OK,
+                BLOB_OK,
+                "",
+                "malformed",
+                &["not XML (ill-formed XML at byte", "text/html, 33 bytes"],
+            ),
+            (
+                "partition id and count from the answer",
+                (
+                    200,
+                    "application/xml",
+                    "<entry><PartitionIds><string>LEAKED-BODY-MARKER</string></PartitionIds></entry>",
+                    &[],
+                ),
+                (
+                    200,
+                    "application/xml",
+                    "<entry><PartitionDescription><BeginSequenceNumber>LEAKED-BODY-MARKER</BeginSequenceNumber><EndSequenceNumber>1</EndSequenceNumber></PartitionDescription></entry>",
+                    &[],
+                ),
+                BLOB_OK,
+                "",
+                "malformed",
+                &["partition at index 0", "BeginSequenceNumber is not an integer", "application/xml"],
+            ),
+            (
+                "partition 404 service bus error",
+                HUB_OK,
+                (404, "application/xml", SB_ERROR, &[]),
+                BLOB_OK,
+                "",
+                "not_found",
+                &["error code 40100"],
+            ),
+            (
+                "checkpoint 403 storage XML error",
+                HUB_OK,
+                PART_OK,
+                (403, "application/xml", STORAGE_ERROR, &[]),
+                "",
+                "auth",
+                &["HTTP 403", "error code AuthenticationFailed (application/xml"],
+            ),
+            (
+                "checkpoint 503 with x-ms-error-code",
+                HUB_OK,
+                PART_OK,
+                (503, "text/html", HTML, &[("x-ms-error-code", "ServerBusy")]),
+                "",
+                "throttled",
+                &["HTTP 503", "error code ServerBusy (text/html"],
+            ),
+            (
+                "checkpoint 500 with a code that is not one",
+                HUB_OK,
+                PART_OK,
+                (500, "text/html", HTML, &[("x-ms-error-code", "LEAKED-BODY-MARKER")]),
+                "",
+                "http",
+                &["HTTP 500", "text/html, 59 bytes"],
+            ),
+            (
+                "checkpoint 200 html",
+                HUB_OK,
+                PART_OK,
+                (200, "text/html", HTML, &[]),
+                "",
+                "malformed",
+                &["checkpoint is not JSON (syntax error at line 1", "text/html"],
+            ),
+            (
+                "checkpoint 200 wrong-typed number",
+                HUB_OK,
+                PART_OK,
+                (200, "application/json", r#"{"SequenceNumber":"LEAKED-BODY-MARKER"}"#, &[]),
+                "",
+                "malformed",
+                &["sequence number is not an integer"],
+            ),
+            (
+                "checkpoint metadata not a number",
+                HUB_OK,
+                PART_OK,
+                (200, "application/octet-stream", "", &[("x-ms-meta-sequencenumber", "LEAKED-BODY-MARKER")]),
+                META,
+                "malformed",
+                &["sequencenumber metadata is not an integer"],
+            ),
+        ];
+        for (name, hub, part, blob, strategy, kind, wants) in cases {
+            let (eh, st) = serve_namespace(*hub, *part, *blob).await;
+            let mut md = vec![("connection", eh.as_str()), ("storageConnection", st.as_str())];
+            if !strategy.is_empty() {
+                md.extend([("checkpointStrategy", *strategy), ("blobContainer", "ckpt")]);
+            }
+            let e = parse_map(&md).unwrap().poller().unwrap().poll().await.unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.kind(), *kind, "{name}: {text}");
+            assert!(
+                !text.contains(M) && !text.contains("internal admin") && !text.contains("bad token"),
+                "{name}: {text}"
+            );
+            for want in *wants {
+                assert!(text.contains(want), "{name}: {text:?} lacks {want:?}");
+            }
+        }
     }
 }

@@ -45,7 +45,8 @@
 //! `GET <queue>/messages?peekonly=true&numofmessages=32`. The client does not retry (the
 //! engine does, with backoff). 404 → not found; 401/403 → auth; 429/503 → throttled; no
 //! answer within [`DEFAULT_TIMEOUT`] → timeout. Error messages carry the service's error code
-//! (`QueueNotFound`, `AuthenticationFailed`), never a key or a signature.
+//! (`QueueNotFound`, `AuthenticationFailed`), the media type and the size of the answer, never
+//! its body (the SDK's error text), a key or a signature.
 //!
 //! # Source key
 //!
@@ -68,8 +69,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use url::Url;
 
-use crate::azure::{Cloud, SecretSource, Service, identity};
+use crate::azure::{Cloud, SecretSource, Service, identity_for};
 use crate::metadata::collect;
+use crate::trust::{AzureService, Held, IdentityUse};
 use crate::{ConfigError, ConfigErrors, Evaluation, Measurement, Metadata, PollError, Poller, Scaler, SourceKey};
 
 /// The trigger type name.
@@ -141,6 +143,8 @@ pub struct AzureQueueScaler {
     activation_queue_length: i64,
     strategy: Strategy,
     access: Access,
+    /// The key that chose the identity's host (`accountName`, or `endpointSuffix` when Private).
+    identity_key: &'static str,
     source_key: SourceKey,
 }
 
@@ -160,7 +164,9 @@ fn parse_config(md: &Metadata<'_>) -> Result<AzureQueueScaler, ConfigErrors> {
         _ => Strategy::All,
     };
     // KEDA parses the cloud and suffix whatever the auth (an invalid cloud fails everywhere).
-    let suffix = collect(&mut errs, Cloud::parse(md)).and_then(|cloud| {
+    let cloud = collect(&mut errs, Cloud::parse(md));
+    let identity_key = if cloud == Some(Cloud::Private) { "endpointSuffix" } else { "accountName" };
+    let suffix = cloud.and_then(|cloud| {
         collect(
             &mut errs,
             cloud.suffix(md, Service::Storage, "endpointSuffix").map(|s| match cloud {
@@ -221,6 +227,7 @@ fn parse_config(md: &Metadata<'_>) -> Result<AzureQueueScaler, ConfigErrors> {
         activation_queue_length,
         strategy,
         access,
+        identity_key,
         source_key,
     })
 }
@@ -275,6 +282,23 @@ impl Scaler for AzureQueueScaler {
             timeout: DEFAULT_TIMEOUT,
             client: Mutex::new(None),
         }))
+    }
+
+    fn held(&self) -> Vec<Held> {
+        match &self.access {
+            Access::Identity(url) => vec![Held::Identity(IdentityUse {
+                service: AzureService::Storage,
+                url: url.to_string(),
+                entity: self.queue_name.clone(),
+                audience: STORAGE_SCOPE.to_owned(),
+                host_key: self.identity_key,
+                audience_key: None,
+            })],
+            Access::Connection(SecretSource::Named(name)) => {
+                vec![Held::NamedSecret { name: name.clone(), key: "connectionRef".to_owned() }]
+            }
+            Access::Connection(SecretSource::Value(_)) => Vec::new(),
+        }
     }
 }
 
@@ -581,7 +605,7 @@ impl QueuePoller {
             return Ok((c.client.clone(), c.endpoint.clone()));
         }
         let (url, credential, renew_at) = match (&self.access, secret) {
-            (Access::Identity(url), _) => (url.clone(), Some(identity()?), None),
+            (Access::Identity(url), _) => (url.clone(), Some(identity_for(url)?), None),
             (Access::Connection(_), Some(cs)) => {
                 let cs = ConnectionString::parse(&cs).map_err(PollError::Credential)?;
                 let mut url = cs.queue_url(&self.queue_name);
@@ -618,43 +642,99 @@ impl QueuePoller {
             let options =
                 QueueClientPeekMessagesOptions { number_of_messages: Some(MAX_PEEK as i32), ..Default::default() };
             let peeked = client.peek_messages(Some(options)).await.map_err(map)?;
-            let peeked = peeked.into_model().map_err(|e| PollError::Malformed(redact(&e.to_string())))?;
+            // The SDK's deserialization error can quote the answer: type and size only.
+            let summary = crate::body_summary(
+                peeked.headers().get_optional_str(&azure_core::http::headers::CONTENT_TYPE),
+                peeked.body().len(),
+            );
+            let peeked = peeked.into_model().map_err(|e| {
+                tracing::debug!(scaler = SCALER_TYPE, detail = %redact(&e.to_string()), "peek answer unreadable");
+                PollError::Malformed(format!(
+                    "queue {}: the peek answer is not a message list ({summary})",
+                    self.queue_name
+                ))
+            })?;
             let visible = peeked.items.map(|v| v.len()).unwrap_or(0);
             if visible < MAX_PEEK {
                 return Ok(visible as i64);
             }
         }
         let props = client.get_properties(None).await.map_err(map)?;
+        // The SDK's parse error quotes the header value: not in the error.
         props
             .approximate_messages_count()
-            .map_err(|e| PollError::Malformed(format!("x-ms-approximate-messages-count: {}", redact(&e.to_string()))))?
+            .map_err(|_| PollError::Malformed("x-ms-approximate-messages-count is not an integer".into()))?
             .ok_or_else(|| PollError::Malformed("no x-ms-approximate-messages-count header".into()))
     }
 }
 
-/// Maps an SDK error to a [`PollError`] whose text carries no key and no signature.
+/// Maps an SDK error to a [`PollError`] whose text carries no key, no signature and no bytes
+/// of the answer. The SDK's `Display` of an HTTP error is the whole body, so only the status,
+/// Storage's error code, the media type and the size are used ([`storage_error_detail`]).
 fn map_error(e: &azure_core::Error, queue: &str, endpoint: &str) -> PollError {
     match e.kind() {
-        ErrorKind::HttpResponse { status, error_code, .. } => {
+        ErrorKind::HttpResponse { status, error_code, raw_response } => {
             let status = u16::from(*status);
-            let code = error_code.as_deref().unwrap_or("no error code");
+            let code = match raw_response {
+                Some(r) => {
+                    let body = String::from_utf8_lossy(r.body());
+                    tracing::debug!(
+                        scaler = SCALER_TYPE,
+                        status,
+                        detail = %crate::excerpt(&redact(&body)),
+                        "storage queue api returned an error"
+                    );
+                    let headers = r.headers();
+                    let code_header = headers.get_optional_str(&azure_core::http::headers::ERROR_CODE);
+                    let content_type = headers.get_optional_str(&azure_core::http::headers::CONTENT_TYPE);
+                    storage_error_detail(code_header, content_type, &body)
+                }
+                // Without the answer, the SDK's code (a header or body value) if it is a code.
+                None => error_code.as_deref().filter(|c| is_storage_code(c)).unwrap_or("no error code").to_owned(),
+            };
             match status {
-                404 => PollError::NotFound(format!("queue {queue} at {endpoint} ({code})")),
+                404 => PollError::NotFound(format!("queue {queue} at {endpoint}: {code}")),
                 401 | 403 => PollError::Auth {
                     status,
                     detail: format!("queue {queue} at {endpoint}: {code}; check the account key, SAS or role"),
                 },
                 429 | 503 => {
-                    PollError::Throttled { detail: format!("queue {queue}: HTTP {status} {code}"), retry_after: None }
+                    PollError::Throttled { detail: format!("queue {queue}: HTTP {status}, {code}"), retry_after: None }
                 }
                 _ => PollError::Http { status, detail: format!("queue {queue}: {code}") },
             }
         }
         ErrorKind::Credential => PollError::Credential(redact(&e.to_string())),
         ErrorKind::Io => PollError::Connect(format!("{endpoint}: {}", redact(&error_chain(e)))),
-        ErrorKind::DataConversion => PollError::Malformed(redact(&e.to_string())),
+        ErrorKind::DataConversion => {
+            // The SDK's conversion errors can quote the answer.
+            tracing::debug!(scaler = SCALER_TYPE, detail = %redact(&e.to_string()), "storage queue answer unreadable");
+            PollError::Malformed(format!("queue {queue}: the answer could not be read"))
+        }
         _ => PollError::Connect(format!("{endpoint}: {}", redact(&error_chain(e)))),
     }
+}
+
+/// An Azure Storage error answer for the caller: its error code (the `x-ms-error-code` header,
+/// else the `<Code>` of its XML error body) when it is a short alphanumeric token, and the
+/// media type and size ([`crate::body_summary`]). Never the `<Message>` nor other bytes: a
+/// connection string (hence the host) is the caller's, and the answer may be any internal page.
+pub(crate) fn storage_error_detail(code_header: Option<&str>, content_type: Option<&str>, body: &str) -> String {
+    let summary = crate::body_summary(content_type, body.len());
+    let code = code_header
+        .map(|c| c.trim().to_owned())
+        .filter(|c| is_storage_code(c))
+        .or_else(|| crate::azure_servicebus::element_text(body, "Code").map(|c| c.trim().to_owned()))
+        .filter(|c| is_storage_code(c));
+    match code {
+        Some(code) => format!("error code {code} ({summary})"),
+        None => summary,
+    }
+}
+
+/// Storage error codes are PascalCase names (`AuthenticationFailed`, `QueueNotFound`).
+fn is_storage_code(c: &str) -> bool {
+    !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -959,6 +1039,104 @@ mod tests {
         let e = poll_against(canned(None).await).await.unwrap_err();
         assert_eq!(e, PollError::Timeout(DEFAULT_TIMEOUT));
         assert!(t0.elapsed() < DEFAULT_TIMEOUT + Duration::from_secs(1));
+    }
+
+    /// The connection string (hence the host) is the caller's, so an answer may be any internal
+    /// page. The SDK's error `Display` is the whole body: no error may show it, nor a value
+    /// parsed out of the answer; only the status, Storage's error code, the type and the size.
+    #[tokio::test]
+    async fn poll_errors_never_quote_the_answer() {
+        const M: &str = "LEAKED-BODY-MARKER";
+        fn answer(status: &str, headers: &str, ct: &str, body: &str) -> &'static str {
+            let len = body.len();
+            let raw =
+                format!("HTTP/1.1 {status}\r\n{headers}content-type: {ct}\r\ncontent-length: {len}\r\n\r\n{body}");
+            Box::leak(raw.into_boxed_str())
+        }
+        const HTML: &str = "<html><body>LEAKED-BODY-MARKER internal admin</body></html>";
+        const XML_ERROR: &str = r#"<?xml version="1.0" encoding="utf-8"?><Error><Code>QueueNotFound</Code><Message>LEAKED-BODY-MARKER</Message></Error>"#;
+        let cases: &[(&str, &'static str, &str, &str, &[&str])] = &[
+            (
+                "500 html",
+                answer("500 Internal Server Error", "", "text/html", HTML),
+                "all",
+                "http",
+                &["text/html, 59 bytes"],
+            ),
+            (
+                "403 storage error with header",
+                answer("403 Forbidden", "x-ms-error-code: AuthenticationFailed\r\n", "application/xml", XML_ERROR),
+                "all",
+                "auth",
+                &["HTTP 403", "error code AuthenticationFailed (application/xml"],
+            ),
+            (
+                "404 storage XML error",
+                answer("404 Not Found", "", "application/xml", XML_ERROR),
+                "all",
+                "not_found",
+                &["error code QueueNotFound (application/xml"],
+            ),
+            (
+                "400 JSON error whose code is not one",
+                answer(
+                    "400 Bad Request",
+                    "",
+                    "application/json",
+                    r#"{"error":{"code":"LEAKED-BODY-MARKER","message":"x"}}"#,
+                ),
+                "all",
+                "http",
+                &["HTTP 400", "application/json, 53 bytes"],
+            ),
+            (
+                "503 with a bad x-ms-error-code",
+                answer("503 Service Unavailable", "x-ms-error-code: LEAKED-BODY-MARKER\r\n", "text/html", HTML),
+                "all",
+                "throttled",
+                &["HTTP 503", "text/html, 59 bytes"],
+            ),
+            (
+                "200 count not a number",
+                answer("200 OK", "x-ms-approximate-messages-count: LEAKED-BODY-MARKER\r\n", "text/plain", ""),
+                "all",
+                "malformed",
+                &["x-ms-approximate-messages-count is not an integer"],
+            ),
+            (
+                "200 peek answer not XML",
+                answer("200 OK", "", "text/html", "<html><LEAKED-BODY-MARKER>internal admin</html>"),
+                "visibleonly",
+                "malformed",
+                &["not a message list (text/html, 47 bytes)"],
+            ),
+            (
+                "200 peek answer of the wrong shape",
+                answer(
+                    "200 OK",
+                    "",
+                    "application/xml",
+                    "<QueueMessagesList><QueueMessage><DequeueCount>LEAKED-BODY-MARKER</DequeueCount></QueueMessage></QueueMessagesList>",
+                ),
+                "visibleonly",
+                "malformed",
+                &["not a message list (application/xml"],
+            ),
+        ];
+        for (name, raw, strategy, kind, wants) in cases {
+            let port = canned(Some(raw)).await;
+            let cs = format!(
+                "AccountName=devstoreaccount1;AccountKey={DEV_KEY};QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1"
+            );
+            let s = parse_md(&[("connection", &cs), ("queueName", "q"), ("queueLengthStrategy", strategy)]).unwrap();
+            let e = s.poller().unwrap().poll().await.unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.kind(), *kind, "{name}: {text}");
+            assert!(!text.contains(M) && !text.contains("internal admin") && !text.contains("sig="), "{name}: {text}");
+            for want in *wants {
+                assert!(text.contains(want), "{name}: {text:?} lacks {want:?}");
+            }
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@
 //! |---|---|
 //! | an entry without `CountDetails` | `Throttled` (KEDA: "no CountDetails element"; Service Bus answers so when it throttles) |
 //! | HTTP 429 / 503 | `Throttled`, with `Retry-After` |
-//! | HTTP 401 / 403 | `Auth` (Service Bus's detail; never the key or signature) |
+//! | HTTP 401 / 403 | `Auth` (Service Bus's numeric `<Code>`, the media type and size; never the `<Detail>` text, the key or signature) |
 //! | HTTP 404, or an empty feed for a single entity (Service Bus's answer for an unknown entity) | `NotFound`, naming the entity |
 //!
 //! # Source key
@@ -80,6 +80,7 @@ use sha2::Sha256;
 
 use crate::azure::{Cloud, SecretSource, Service};
 use crate::metadata::collect;
+use crate::trust::{AzureService, Held, IdentityUse};
 use crate::{
     ConfigError, ConfigErrors, Evaluation, Measurement, Metadata, PollError, Poller, Scaler, SourceKey, excerpt,
 };
@@ -162,8 +163,8 @@ impl Operation {
 enum Auth {
     /// A connection string: parsed now when it arrived as a value, at every poll when named.
     Connection { source: SecretSource, parsed: Option<ConnectionString> },
-    /// ebb's Entra identity against `<namespace>.<suffix>`.
-    Identity { host: String },
+    /// ebb's Entra identity against `<namespace>.<suffix>`; `host_key` chose the host.
+    Identity { host: String, host_key: &'static str },
 }
 
 /// A parsed `azure-servicebus` trigger. `Debug` never shows a secret.
@@ -219,7 +220,7 @@ fn parse_config(md: &Metadata<'_>) -> Result<ServiceBusScaler, ConfigErrors> {
     let host_label = match &auth {
         Auth::Connection { parsed: Some(cs), .. } => cs.host.clone(),
         Auth::Connection { source, .. } => source.label(),
-        Auth::Identity { host } => host.clone(),
+        Auth::Identity { host, .. } => host.clone(),
     };
     let credential_label = match &auth {
         Auth::Connection { source, .. } => source.label(),
@@ -299,8 +300,10 @@ fn auth(md: &Metadata<'_>) -> Result<Auth, ConfigError> {
     if !namespace.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')) {
         return Err(ConfigError::new("namespace", format!("{namespace:?} is not a Service Bus namespace name")));
     }
-    let suffix = Cloud::parse(md)?.suffix(md, Service::ServiceBus, "endpointSuffix")?;
-    Ok(Auth::Identity { host: format!("{namespace}.{suffix}") })
+    let cloud = Cloud::parse(md)?;
+    let suffix = cloud.suffix(md, Service::ServiceBus, "endpointSuffix")?;
+    let host_key = if cloud == Cloud::Private { "endpointSuffix" } else { "namespace" };
+    Ok(Auth::Identity { host: format!("{namespace}.{suffix}"), host_key })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,6 +460,29 @@ impl Scaler for ServiceBusScaler {
     fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
         Ok(Arc::new(self.build_poller(None)?))
     }
+
+    fn held(&self) -> Vec<Held> {
+        match &self.auth {
+            Auth::Identity { host, host_key } => vec![Held::Identity(IdentityUse {
+                service: AzureService::ServiceBus,
+                url: format!("https://{host}/"),
+                // A regex reads (and sums) every entity it matches: only an "any entity" grant
+                // covers it.
+                entity: match (&self.entity, &self.regex) {
+                    (_, Some(_)) => "*".to_owned(),
+                    (Entity::Queue(q), None) => q.clone(),
+                    (Entity::Subscription { topic, subscription }, None) => format!("{topic}/{subscription}"),
+                },
+                audience: ENTRA_SCOPE.to_owned(),
+                host_key,
+                audience_key: None,
+            })],
+            Auth::Connection { source: SecretSource::Named(name), .. } => {
+                vec![Held::NamedSecret { name: name.clone(), key: "connectionRef".to_owned() }]
+            }
+            Auth::Connection { .. } => Vec::new(),
+        }
+    }
 }
 
 impl ServiceBusScaler {
@@ -594,7 +620,7 @@ impl ServiceBusPoller {
                 authorization.set_sensitive(true);
                 Ok(Target { base, authorization, secrets })
             }
-            Auth::Identity { host } => {
+            Auth::Identity { host, .. } => {
                 let token = self.bearer().await?;
                 let mut authorization = HeaderValue::from_str(&format!("Bearer {token}"))
                     .map_err(|_| PollError::Credential("the token is not a valid HTTP header value".into()))?;
@@ -613,7 +639,14 @@ impl ServiceBusPoller {
         }
         let credential = match &self.credential {
             Some(c) => c.clone(),
-            None => crate::azure::identity()?,
+            None => {
+                let Auth::Identity { host, .. } = &self.auth else {
+                    return Err(PollError::Credential("no identity for a connection string".into()));
+                };
+                let target = url::Url::parse(&format!("https://{host}/"))
+                    .map_err(|_| PollError::Credential("the namespace host is not a URL".into()))?;
+                crate::azure::identity_for(&target)?
+            }
         };
         let t = credential
             .get_token(&[ENTRA_SCOPE], None)
@@ -624,8 +657,9 @@ impl ServiceBusPoller {
 
     /// One queue or subscription.
     async fn single(&self, target: &Target, url: &str, what: &str) -> Result<i64, PollError> {
-        let body = self.get(target, url, what).await?;
-        let doc = parse_atom(&body).map_err(|e| PollError::Malformed(format!("{what}: {e}")))?;
+        let (body, content_type) = self.get(target, url, what).await?;
+        let doc = parse_atom(&body)
+            .map_err(|e| malformed_atom(SCALER_TYPE, what, &e, content_type.as_deref(), &body, &target.secrets))?;
         match doc.entries.as_slice() {
             // Service Bus answers a GET of an unknown entity with 200 and an empty feed.
             [] => Err(PollError::NotFound(format!("{what} does not exist"))),
@@ -640,11 +674,16 @@ impl ServiceBusPoller {
         let mut skip = 0;
         for _ in 0..MAX_PAGES {
             let page_url = format!("{url}&$skip={skip}&$top={PAGE_SIZE}");
-            let body = self.get(target, &page_url, what).await?;
-            let doc = parse_atom(&body).map_err(|e| PollError::Malformed(format!("{what}: {e}")))?;
-            for entry in &doc.entries {
-                // Like KEDA's admin client, any entry without counts fails the page.
-                let n = entry.active_count(&format!("{what}: {:?}", entry.title))?;
+            let (body, content_type) = self.get(target, &page_url, what).await?;
+            let doc = parse_atom(&body)
+                .map_err(|e| malformed_atom(SCALER_TYPE, what, &e, content_type.as_deref(), &body, &target.secrets))?;
+            for (i, entry) in doc.entries.iter().enumerate() {
+                // Like KEDA's admin client, any entry without counts fails the page. The entry
+                // is named by its place: its title is a value of the answer (logged only).
+                let n = entry.active_count(&format!("{what}: entry {} of the listing", skip + i + 1));
+                let n = n.inspect_err(|_| {
+                    tracing::debug!(scaler = SCALER_TYPE, title = %excerpt(&entry.title), "service bus entry unreadable")
+                })?;
                 if re.is_match(&entry.title) {
                     counts.push(n);
                 }
@@ -657,8 +696,9 @@ impl ServiceBusPoller {
         Err(PollError::Rejected(format!("{what}: more than {MAX_PAGES} pages of {PAGE_SIZE}; narrow the namespace")))
     }
 
-    /// A GET with the status mapped to a [`PollError`]; the body on success.
-    async fn get(&self, target: &Target, url: &str, what: &str) -> Result<String, PollError> {
+    /// A GET with the status mapped to a [`PollError`]; the body and its `Content-Type` on
+    /// success.
+    async fn get(&self, target: &Target, url: &str, what: &str) -> Result<(String, Option<String>), PollError> {
         let response = self
             .client
             .get(url)
@@ -669,12 +709,18 @@ impl ServiceBusPoller {
             .map_err(|e| self.transport(e))?;
         let status = response.status();
         let retry_after = response.headers().get(RETRY_AFTER).and_then(retry_after);
+        let content_type = content_type(response.headers());
         let body = read_body(response).await.map_err(|e| self.transport(e))?;
         if status.is_success() {
-            return Ok(body);
+            return Ok((body, content_type));
         }
-        let detail = scrub(&error_detail(&body), &target.secrets);
-        tracing::debug!(status = status.as_u16(), "service bus management api returned an error");
+        let detail = error_detail(content_type.as_deref(), &body);
+        tracing::debug!(
+            scaler = SCALER_TYPE,
+            status = status.as_u16(),
+            detail = %excerpt(&scrub(&body, &target.secrets)),
+            "service bus management api returned an error"
+        );
         Err(match status.as_u16() {
             code @ (401 | 403) => PollError::Auth { status: code, detail },
             404 => PollError::NotFound(format!("{what}: {detail}")),
@@ -728,12 +774,54 @@ pub(crate) fn retry_after(v: &HeaderValue) -> Option<Duration> {
     Some(Duration::try_from(at - azure_core::time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO))
 }
 
-/// Service Bus error answers are `<Error><Code>…</Code><Detail>…</Detail></Error>`.
-pub(crate) fn error_detail(body: &str) -> String {
-    if let Some(detail) = element_text(body, "Detail") {
-        return excerpt(&detail);
+/// A Service Bus / Event Hubs management error answer for the caller. The answers are
+/// `<Error><Code>401</Code><Detail>…</Detail></Error>`: the numeric `<Code>`, the media type
+/// and the size ([`crate::body_summary`]), never the `<Detail>` text nor other bytes (the
+/// connection string, hence the host, is the caller's; the answer may be any internal page).
+pub(crate) fn error_detail(content_type: Option<&str>, body: &str) -> String {
+    let summary = crate::body_summary(content_type, body.len());
+    let code = element_text(body, "Code")
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty() && c.len() <= 9 && c.bytes().all(|b| b.is_ascii_digit()));
+    match code {
+        Some(code) => format!("error code {code} ({summary})"),
+        None => summary,
     }
-    if body.trim().is_empty() { "(empty body)".to_owned() } else { excerpt(body) }
+}
+
+/// A 2xx answer that is not the expected ATOM: what went wrong, the media type and the size;
+/// the body goes to ebb's log only.
+pub(crate) fn malformed_atom(
+    scaler: &str,
+    what: &str,
+    error: &str,
+    content_type: Option<&str>,
+    body: &str,
+    secrets: &[String],
+) -> PollError {
+    tracing::debug!(scaler, what, detail = %excerpt(&scrub(body, secrets)), "answer is not the expected ATOM");
+    PollError::Malformed(format!("{what}: {error} ({})", crate::body_summary(content_type, body.len())))
+}
+
+/// The `Content-Type` of an answer, if it is text.
+pub(crate) fn content_type(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// A quick-xml error for a [`PollError`]: a fixed description and the byte offset. Its own
+/// text can quote the document (`expected `</a>`, found `</b>``).
+pub(crate) fn xml_error(e: &quick_xml::Error, at: u64) -> String {
+    let what = match e {
+        // Fixed texts ("tag not closed: `>` not found before end of input").
+        quick_xml::Error::Syntax(s) => s.to_string(),
+        quick_xml::Error::IllFormed(_) => "ill-formed XML".to_owned(),
+        quick_xml::Error::InvalidAttr(_) => "invalid attribute".to_owned(),
+        quick_xml::Error::Encoding(_) => "not UTF-8".to_owned(),
+        quick_xml::Error::Escape(_) => "bad escape".to_owned(),
+        quick_xml::Error::Namespace(_) => "bad namespace".to_owned(),
+        quick_xml::Error::Io(_) => "read error".to_owned(),
+    };
+    format!("not XML ({what} at byte {at})")
 }
 
 /// Removes every occurrence of a secret (and its URL-decoded form) from `text`.
@@ -777,9 +865,10 @@ impl AtomEntry {
             });
         }
         let text = self.active.as_deref().map(str::trim).unwrap_or_default();
-        text.parse::<u64>().ok().and_then(|n| i64::try_from(n).ok()).ok_or_else(|| {
-            PollError::Malformed(format!("{what}: ActiveMessageCount {:?} is not a count", excerpt(text)))
-        })
+        text.parse::<u64>()
+            .ok()
+            .and_then(|n| i64::try_from(n).ok())
+            .ok_or_else(|| PollError::Malformed(format!("{what}: ActiveMessageCount is not a count")))
     }
 }
 
@@ -799,7 +888,7 @@ pub fn parse_atom(body: &str) -> Result<AtomDoc, String> {
     let mut entry: Option<AtomEntry> = None;
     let mut root_seen = false;
     loop {
-        let event = reader.read_event().map_err(|e| format!("not XML: {}", excerpt(&e.to_string())))?;
+        let event = reader.read_event().map_err(|e| xml_error(&e, reader.error_position()))?;
         match event {
             Event::Start(ref e) | Event::Empty(ref e) => {
                 let name = e.local_name().as_ref().to_vec();
@@ -807,11 +896,7 @@ pub fn parse_atom(body: &str) -> Result<AtomDoc, String> {
                 if !root_seen {
                     root_seen = true;
                     if name != b"feed" && name != b"entry" {
-                        return Err(format!(
-                            "expected an ATOM feed or entry, got <{}>: {}",
-                            String::from_utf8_lossy(&name),
-                            excerpt(body)
-                        ));
+                        return Err("not an ATOM feed or entry".to_owned());
                     }
                 }
                 let parent = path.last().map(Vec::as_slice);
@@ -846,18 +931,18 @@ pub fn parse_atom(body: &str) -> Result<AtomDoc, String> {
                 }
             }
             Event::Text(ref t) => {
-                let text = t.decode().map_err(|e| format!("not UTF-8: {e}"))?;
+                let text = t.decode().map_err(|_| "not UTF-8".to_owned())?;
                 push_text(&path, entry.as_mut(), &text);
             }
             Event::CData(ref t) => {
-                let text = t.decode().map_err(|e| format!("not UTF-8: {e}"))?;
+                let text = t.decode().map_err(|_| "not UTF-8".to_owned())?;
                 push_text(&path, entry.as_mut(), &text);
             }
             Event::GeneralRef(ref r) => {
-                let text = match r.resolve_char_ref().map_err(|e| format!("bad character reference: {e}"))? {
+                let text = match r.resolve_char_ref().map_err(|_| "bad character reference".to_owned())? {
                     Some(c) => c.to_string(),
                     None => {
-                        let name = r.decode().map_err(|e| format!("not UTF-8: {e}"))?;
+                        let name = r.decode().map_err(|_| "not UTF-8".to_owned())?;
                         quick_xml::escape::resolve_predefined_entity(&name).unwrap_or_default().to_owned()
                     }
                 };
@@ -868,7 +953,7 @@ pub fn parse_atom(body: &str) -> Result<AtomDoc, String> {
         }
     }
     if !root_seen {
-        return Err(format!("empty answer: {}", excerpt(body)));
+        return Err("no XML element in the answer".to_owned());
     }
     Ok(doc)
 }
@@ -915,6 +1000,9 @@ pub fn element_text(body: &str, local: &str) -> Option<String> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// Metadata entries in a table row.
+    type Pairs = &'static [(&'static str, &'static str)];
 
     const CONN: &str = "Endpoint=sb://ebb-test.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=k3y-s3cr3t-value=";
 
@@ -1023,15 +1111,17 @@ mod tests {
         assert!(s.regex.is_some());
         assert_eq!(s.poll_timeout(), DEFAULT_TIMEOUT * REGEX_POLL_TIMEOUT_FACTOR);
         match &s.auth {
-            Auth::Identity { host } => assert_eq!(host, "ns.servicebus.windows.net"),
+            Auth::Identity { host, .. } => assert_eq!(host, "ns.servicebus.windows.net"),
             a => panic!("{a:?}"),
         }
         let s = config(&[("queueName", "q"), ("namespace", "ns"), ("cloud", "AzureChinaCloud")]).unwrap();
-        assert!(matches!(&s.auth, Auth::Identity { host } if host == "ns.servicebus.chinacloudapi.cn"));
+        assert!(
+            matches!(&s.auth, Auth::Identity { host, host_key: "namespace" } if host == "ns.servicebus.chinacloudapi.cn")
+        );
         let s =
             config(&[("queueName", "q"), ("namespace", "ns"), ("cloud", "Private"), ("endpointSuffix", "sb.local")])
                 .unwrap();
-        assert!(matches!(&s.auth, Auth::Identity { host } if host == "ns.sb.local"));
+        assert!(matches!(&s.auth, Auth::Identity { host, host_key: "endpointSuffix" } if host == "ns.sb.local"));
     }
 
     #[test]
@@ -1182,8 +1272,14 @@ mod tests {
         assert!(parse_atom(&fixture("error-404.xml")).is_err());
         assert!(parse_atom("not xml <").is_err());
         assert!(parse_atom("").is_err());
-        assert_eq!(error_detail(&fixture("error-401.xml")).split(':').next(), Some("InvalidSignature"));
-        assert!(error_detail(&fixture("error-404.xml")).contains("could not be found"));
+        // Error answers: the numeric code, type and size; never the <Detail> text.
+        let e401 = fixture("error-401.xml");
+        let d = error_detail(Some("application/xml; charset=utf-8"), &e401);
+        assert_eq!(d, format!("error code 401 (application/xml, {} bytes)", e401.len()));
+        let d = error_detail(None, &fixture("error-404.xml"));
+        assert!(d.starts_with("error code 404 (unknown type, ") && !d.contains("could not be found"), "{d}");
+        assert_eq!(error_detail(Some("text/html"), "<Code>LEAKED</Code>"), "text/html, 19 bytes");
+        assert_eq!(error_detail(Some("text/plain"), ""), "empty body");
     }
 
     #[test]
@@ -1252,7 +1348,7 @@ mod tests {
 
         let mut s = config(&[("topicName", "events"), ("subscriptionName", "billing"), ("namespace", "ns")]).unwrap();
         // Point the namespace at the local server (loopback ⇒ http).
-        s.auth = Auth::Identity { host: addr.to_string() };
+        s.auth = Auth::Identity { host: addr.to_string(), host_key: "namespace" };
         let cred = Arc::new(FakeCredential { calls: Default::default(), scopes: Mutex::default() });
         let poller = s.build_poller(Some(cred.clone())).unwrap();
         for _ in 0..2 {
@@ -1261,6 +1357,72 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), ["Bearer entra-token-1", "Bearer entra-token-1"]);
         assert_eq!(cred.calls.load(std::sync::atomic::Ordering::SeqCst), 1, "token reused");
         assert_eq!(*cred.scopes.lock().unwrap(), [ENTRA_SCOPE]);
+    }
+
+    /// Serves `body` with `status` and `content_type` on every path of a local namespace.
+    async fn serve_answer(status: u16, content_type: &'static str, body: &'static str) -> String {
+        let app = axum::Router::new().fallback(move || async move {
+            axum::http::Response::builder()
+                .status(status)
+                .header("content-type", content_type)
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        format!("Endpoint=sb://{addr}/;SharedAccessKeyName=n;SharedAccessKey=k3y-s3cr3t")
+    }
+
+    /// The connection string (hence the host) is the caller's, so an answer may be any internal
+    /// page: no error quotes its bytes or values parsed out of it, only status, code, type, size.
+    #[tokio::test]
+    async fn poll_errors_never_quote_the_answer() {
+        const M: &str = "LEAKED-BODY-MARKER";
+        const HTML: &str = "<html><body>LEAKED-BODY-MARKER internal admin</body></html>";
+        const SB_ERROR: &str = "<Error><Code>40100</Code><Detail>LEAKED-BODY-MARKER: bad token</Detail></Error>";
+        const ENTRY_BAD_COUNT: &str = r#"<entry xmlns="http://www.w3.org/2005/Atom"><title>LEAKED-BODY-MARKER</title><content><QueueDescription><CountDetails><d2p1:ActiveMessageCount>LEAKED-BODY-MARKER</d2p1:ActiveMessageCount></CountDetails></QueueDescription></content></entry>"#;
+        const FEED_NO_COUNTS: &str = r#"<feed xmlns="http://www.w3.org/2005/Atom"><entry><title>LEAKED-BODY-MARKER</title><content><QueueDescription/></content></entry></feed>"#;
+        const FEED_BAD_COUNT: &str = r#"<feed xmlns="http://www.w3.org/2005/Atom"><entry><title>LEAKED-BODY-MARKER</title><content><QueueDescription><CountDetails><ActiveMessageCount>-LEAKED-BODY-MARKER</ActiveMessageCount></CountDetails></QueueDescription></content></entry></feed>"#;
+        let regex: Pairs = &[("queueName", "orders-.*"), ("useRegex", "true")];
+        let single: Pairs = &[("queueName", "orders")];
+        /// Name, status, content type, body, metadata, kind, wanted texts.
+        type Case = (&'static str, u16, &'static str, &'static str, Pairs, &'static str, &'static [&'static str]);
+        let cases: &[Case] = &[
+            ("500 html", 500, "text/html", HTML, single, "http", &["HTTP 500", "text/html, 59 bytes"]),
+            ("401 sb error", 401, "application/xml", SB_ERROR, single, "auth", &["HTTP 401", "error code 40100"]),
+            ("404 sb error", 404, "application/xml", SB_ERROR, single, "not_found", &["error code 40100"]),
+            ("429 html", 429, "text/html", HTML, single, "throttled", &["HTTP 429", "text/html"]),
+            ("200 html", 200, "text/html", HTML, single, "malformed", &["not an ATOM", "text/html, 59 bytes"]),
+            ("200 plain text", 200, "text/plain", M, single, "malformed", &["no XML element", "text/plain, 18 bytes"]),
+            (
+                "200 broken XML",
+                200,
+                "application/xml",
+                "<feed><LEAKED-BODY-MARKER></other></feed>",
+                single,
+                "malformed",
+                &["not XML (ill-formed XML at byte", "application/xml"],
+            ),
+            ("200 bad count", 200, "application/atom+xml", ENTRY_BAD_COUNT, single, "malformed", &["not a count"]),
+            ("listing without counts", 200, "application/atom+xml", FEED_NO_COUNTS, regex, "throttled", &["entry 1"]),
+            ("listing bad count", 200, "application/atom+xml", FEED_BAD_COUNT, regex, "malformed", &["entry 1"]),
+        ];
+        for (name, status, ct, body, extra, kind, wants) in cases {
+            let conn = serve_answer(*status, ct, body).await;
+            let mut md = vec![("connection", conn.as_str())];
+            md.extend_from_slice(extra);
+            let e = config(&md).unwrap().build_poller(None).unwrap().poll().await.unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.kind(), *kind, "{name}: {text}");
+            assert!(
+                !text.contains(M) && !text.contains("internal admin") && !text.contains("bad token"),
+                "{name}: {text}"
+            );
+            for want in *wants {
+                assert!(text.contains(want), "{name}: {text:?} lacks {want:?}");
+            }
+        }
     }
 
     /// A refused connection and a timeout map to their kinds.

@@ -27,6 +27,7 @@ pub mod kafka;
 pub mod metadata;
 pub mod prometheus;
 pub mod registry;
+pub mod trust;
 
 pub use metadata::{ConfigError, ConfigErrors, Metadata};
 pub use registry::parse;
@@ -77,8 +78,9 @@ pub struct Evaluation {
     pub active: bool,
 }
 
-/// Why a poll failed. `Display` never carries a secret: upstream bodies are cut short and
-/// credentials are never part of a message.
+/// Why a poll failed. `Display` goes back to the caller, so it never carries a secret nor
+/// bytes of an upstream answer: failures name the status, the media type and size
+/// ([`body_summary`]) and the service's own error code; bodies go to ebb's log only.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PollError {
     /// The source did not answer within the poll timeout.
@@ -137,7 +139,8 @@ impl PollError {
     }
 }
 
-/// Cuts an upstream body to a short, single-line excerpt for error messages.
+/// Cuts an upstream body to a short, single-line excerpt for ebb's log. Never for a
+/// [`PollError`], which goes back to the caller: see [`body_summary`].
 pub fn excerpt(body: &str) -> String {
     const MAX: usize = 200;
     let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -147,6 +150,36 @@ pub fn excerpt(body: &str) -> String {
         let cut: String = one_line.chars().take(MAX).collect();
         format!("{cut}…")
     }
+}
+
+/// Names an upstream answer for a [`PollError`] without quoting it: `"text/html, 1234 bytes"`
+/// or `"empty body"`. The caller's metadata chooses the URL ebb polls, so an answer may be any
+/// internal page: errors carry its status, media type, size and the service's own error code,
+/// never its bytes ([`excerpt`] is for ebb's log only). The media type is the part before
+/// `;`, lowercased, when it is at most 64 token characters; else `unknown type`.
+pub fn body_summary(content_type: Option<&str>, len: usize) -> String {
+    if len == 0 {
+        return "empty body".to_owned();
+    }
+    let media = content_type.map(|ct| ct.split(';').next().unwrap_or_default().trim()).filter(|m| {
+        !m.is_empty() && m.len() <= 64 && m.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-/".contains(&b))
+    });
+    match media {
+        Some(m) => format!("{}, {len} bytes", m.to_ascii_lowercase()),
+        None => format!("unknown type, {len} bytes"),
+    }
+}
+
+/// A serde_json error for a [`PollError`]: its category and position only, as its message can
+/// quote the document (`invalid type: string "…"`).
+pub fn json_error(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "read error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected data",
+        serde_json::error::Category::Eof => "truncated",
+    };
+    format!("not JSON ({what} at line {}, column {})", e.line(), e.column())
 }
 
 /// One polled source. Built once per distinct [`SourceKey`]; `poll` is called by the engine's
@@ -170,6 +203,12 @@ pub trait Scaler: Send + Sync + fmt::Debug {
     fn evaluate(&self, m: &Measurement) -> Evaluation;
     /// Builds the I/O client for this trigger's source. Called once per new source key.
     fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors>;
+    /// Every use this trigger would make of what ebb holds (its Azure identity, named secrets),
+    /// for the engine to check against the operator's policy before accepting the trigger. A
+    /// scaler that uses neither keeps the default.
+    fn held(&self) -> Vec<trust::Held> {
+        Vec::new()
+    }
 }
 
 /// Upstream requests one poll may have in flight at once, per service it calls
@@ -232,5 +271,23 @@ mod tests {
         let e = excerpt(&long);
         assert!(!e.contains('\n'));
         assert!(e.chars().count() <= 201);
+    }
+
+    #[test]
+    fn body_summary_names_type_and_size_only() {
+        let rows: &[(Option<&str>, usize, &str)] = &[
+            (Some("text/html; charset=utf-8"), 1234, "text/html, 1234 bytes"),
+            (Some(" Application/JSON "), 5, "application/json, 5 bytes"),
+            (Some("application/atom+xml;type=entry;charset=utf-8"), 9, "application/atom+xml, 9 bytes"),
+            (Some("text/html, LEAKED-BODY-MARKER"), 3, "unknown type, 3 bytes"),
+            (Some("<b>x</b>"), 3, "unknown type, 3 bytes"),
+            (Some(&"a".repeat(65)), 3, "unknown type, 3 bytes"),
+            (Some(""), 3, "unknown type, 3 bytes"),
+            (None, 7, "unknown type, 7 bytes"),
+            (Some("text/html"), 0, "empty body"),
+        ];
+        for (ct, len, want) in rows {
+            assert_eq!(body_summary(*ct, *len), *want, "{ct:?}");
+        }
     }
 }

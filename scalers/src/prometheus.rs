@@ -76,6 +76,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use crate::trust::{AzureService, Held, IdentityUse};
+
 use crate::metadata::collect;
 use crate::{
     ConfigError, ConfigErrors, Evaluation, Measurement, Metadata, PollError, Poller, Scaler, SourceKey, excerpt,
@@ -97,7 +99,7 @@ const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// aggregation can return megabytes, and is an error anyway.
 const MAX_BODY: usize = 4 << 20;
 
-/// Largest error answer read, for the excerpt in the error.
+/// Largest error answer read, for its `errorType` and ebb's log.
 const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// Azure Monitor managed Prometheus hosts and token scopes, per cloud
@@ -132,6 +134,8 @@ pub struct PrometheusScaler {
     client_tls: Option<ClientTls>,
     /// Token scope when Azure Monitor managed Prometheus auth is on.
     azure_scope: Option<String>,
+    /// The scope came from `azureManagedPrometheusResourceURL` (errors name that key).
+    azure_scope_from_metadata: bool,
     source_key: SourceKey,
 }
 
@@ -210,6 +214,16 @@ fn parse_config(md: &Metadata<'_>) -> Result<PrometheusScaler, ConfigErrors> {
         Some(url) => collect(&mut errs, azure_scope(md, url, !auth.modes.is_empty())).flatten(),
         None => None,
     };
+    // ebb's identity is never sent over a connection whose verification the metadata weakened
+    // or re-rooted.
+    if azure_scope.is_some() {
+        if unsafe_ssl {
+            errs.push(ConfigError::new("unsafeSsl", "cannot be combined with ebb's Azure identity"));
+        }
+        if ca.is_some() {
+            errs.push(ConfigError::new("ca", "cannot be combined with ebb's Azure identity"));
+        }
+    }
 
     // A `None` above has always recorded an error.
     let (Some(query_url), Some(query), Some(threshold), true) = (query_url, query, threshold, errs.0.is_empty()) else {
@@ -248,6 +262,7 @@ fn parse_config(md: &Metadata<'_>) -> Result<PrometheusScaler, ConfigErrors> {
         ca,
         client_tls: auth.client_tls,
         azure_scope,
+        azure_scope_from_metadata: md.get(AZURE_RESOURCE_URL).is_some(),
         source_key: SourceKey(format!("{SCALER_TYPE}|{key}")),
     })
 }
@@ -512,8 +527,10 @@ pub(crate) fn check_key(pem: &str) -> Result<(), ConfigError> {
 }
 
 /// The Azure token scope, when Azure Monitor managed Prometheus auth applies.
+const AZURE_RESOURCE_URL: &str = "azureManagedPrometheusResourceURL";
+
 fn azure_scope(md: &Metadata<'_>, url: &Url, has_auth_modes: bool) -> Result<Option<String>, ConfigError> {
-    const KEY: &str = "azureManagedPrometheusResourceURL";
+    const KEY: &str = AZURE_RESOURCE_URL;
     if let Some(scope) = md.get(KEY) {
         if has_auth_modes {
             // KEDA: "pod identity cannot be enabled with other auth types".
@@ -591,6 +608,18 @@ impl Scaler for PrometheusScaler {
     fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
         Ok(Arc::new(self.build_poller(None)?))
     }
+
+    fn held(&self) -> Vec<Held> {
+        let Some(scope) = &self.azure_scope else { return Vec::new() };
+        vec![Held::Identity(IdentityUse {
+            service: AzureService::Monitor,
+            url: self.query_url.to_string(),
+            entity: String::new(),
+            audience: scope.clone(),
+            host_key: "serverAddress",
+            audience_key: self.azure_scope_from_metadata.then_some(AZURE_RESOURCE_URL),
+        })]
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -612,6 +641,7 @@ impl PrometheusScaler {
             url_tail.push_str(&format!("&{}={}", esc(k), esc(v)));
         }
         let azure = self.azure_scope.as_ref().map(|scope| AzureAuth {
+            target: self.query_url.clone(),
             scope: scope.clone(),
             credential,
             token: tokio::sync::Mutex::new(None),
@@ -723,6 +753,7 @@ impl PrometheusPoller {
         let response =
             self.client.get(url).timeout(self.timeout).headers(headers).send().await.map_err(|e| self.transport(e))?;
         let status = response.status();
+        let content_type = content_type(response.headers());
         if status.is_success() {
             let body = read_body(response, MAX_BODY).await.map_err(|e| self.transport(e))?;
             if body.len() > MAX_BODY {
@@ -732,13 +763,30 @@ impl PrometheusPoller {
                     MAX_BODY >> 20
                 )));
             }
-            return interpret(&body, &self.query, self.ignore_null_values);
+            return interpret(&body, &self.query, self.ignore_null_values).map_err(|e| match e {
+                PollError::Malformed(what) => {
+                    tracing::debug!(
+                        scaler = SCALER_TYPE,
+                        status = status.as_u16(),
+                        detail = %excerpt_bytes(&body),
+                        "prometheus answer is malformed"
+                    );
+                    let summary = crate::body_summary(content_type.as_deref(), body.len());
+                    PollError::Malformed(format!("{what} ({summary})"))
+                }
+                e => e,
+            });
         }
 
         let retry_after = response.headers().get(RETRY_AFTER).and_then(retry_after);
         let body = read_body(response, MAX_ERROR_BODY).await.unwrap_or_default();
-        let detail = error_detail(&body);
-        tracing::debug!(status = status.as_u16(), "prometheus query api returned an error");
+        let detail = error_detail(content_type.as_deref(), &body);
+        tracing::debug!(
+            scaler = SCALER_TYPE,
+            status = status.as_u16(),
+            detail = %excerpt_bytes(&body),
+            "prometheus query api returned an error"
+        );
         Err(match status.as_u16() {
             code @ (401 | 403) => {
                 if let Some(azure) = &self.azure {
@@ -790,16 +838,27 @@ fn retry_after(v: &HeaderValue) -> Option<Duration> {
     Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
 }
 
-/// Prometheus error answers are `{"status":"error","errorType":…,"error":…}`; else an excerpt.
-fn error_detail(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    if let Ok(v) = serde_json::from_str::<Value>(&text)
-        && let Some(error) = v.get("error").and_then(Value::as_str)
-    {
-        let kind = v.get("errorType").and_then(Value::as_str).unwrap_or("error");
-        return excerpt(&format!("{kind}: {error}"));
+/// An error answer for the caller: Prometheus's `errorType` (`bad_data`, from
+/// `{"status":"error","errorType":…,"error":…}`) when it is a short `[a-z_]` token, and the
+/// media type and size. Never the `error` text nor other bytes of the body: the caller chose
+/// the URL, and the answer may be any internal page.
+fn error_detail(content_type: Option<&str>, body: &[u8]) -> String {
+    let summary = crate::body_summary(content_type, body.len());
+    let error_type = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        v.get("errorType")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty() && t.len() <= 32 && t.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .map(str::to_owned)
+    });
+    match error_type {
+        Some(t) => format!("{t} ({summary})"),
+        None => summary,
     }
-    if text.trim().is_empty() { "(empty body)".to_owned() } else { excerpt(&text) }
+}
+
+/// The `Content-Type` of an answer, if it is text.
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 /// An error and its sources, joined with `: `.
@@ -843,8 +902,9 @@ pub fn interpret(body: &[u8], query: &str, ignore_null_values: bool) -> Result<f
     };
     let malformed = |what: &str| PollError::Malformed(format!("prometheus answer: {what}"));
 
-    let doc: Value =
-        serde_json::from_slice(body).map_err(|e| malformed(&format!("not JSON ({e}): {}", excerpt_bytes(body))))?;
+    // serde_json's message can quote the answer ("invalid type: string \"…\""): only its
+    // category and position.
+    let doc: Value = serde_json::from_slice(body).map_err(|e| malformed(&crate::json_error(&e)))?;
     // Go decodes into a struct: absent or null fields are empty, other types are errors.
     let data = match &doc {
         Value::Object(o) => o.get("data").unwrap_or(&Value::Null),
@@ -906,9 +966,7 @@ pub fn interpret(body: &[u8], query: &str, ignore_null_values: bool) -> Result<f
         [_, v, ..] => v,
     };
     let v = match value {
-        Value::String(s) => {
-            s.parse::<f64>().map_err(|_| malformed(&format!("value {:?} is not a number", excerpt(s))))?
-        }
+        Value::String(s) => s.parse::<f64>().map_err(|_| malformed("the sample value is not a number"))?,
         Value::Null => return null("a null value"),
         _ => return Err(malformed("value is not a string")),
     };
@@ -928,6 +986,8 @@ fn excerpt_bytes(body: &[u8]) -> String {
 
 /// Bearer tokens for one source, reused until shortly before they expire.
 struct AzureAuth {
+    /// Where the token goes; checked again before ebb's identity is asked for one.
+    target: Url,
     scope: String,
     /// Injected credential; `None` means ebb's own identity ([`default_credential`]).
     credential: Option<Arc<dyn TokenCredential>>,
@@ -943,7 +1003,7 @@ impl AzureAuth {
             _ => {
                 let credential = match &self.credential {
                     Some(c) => c.clone(),
-                    None => crate::azure::identity()?,
+                    None => crate::azure::identity_for(&self.target)?,
                 };
                 let t = credential
                     .get_token(&[self.scope.as_str()], None)
@@ -1425,8 +1485,10 @@ e6Axr2+SnTxWR3EYGo0/pkvVeuEDM8LsC8AA4uuMc7irl200sRdDZILk
                     headers: req.headers().clone(),
                 });
                 tokio::time::sleep(stub.delay).await;
-                let mut resp =
-                    axum::http::Response::builder().status(stub.status).header("content-type", "application/json");
+                let mut resp = axum::http::Response::builder().status(stub.status);
+                if !stub.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+                    resp = resp.header("content-type", "application/json");
+                }
                 for (k, v) in &stub.headers {
                     resp = resp.header(*k, *v);
                 }
@@ -1513,13 +1575,9 @@ e6Axr2+SnTxWR3EYGo0/pkvVeuEDM8LsC8AA4uuMc7irl200sRdDZILk
     async fn poll_error_details() {
         let (addr, _) = serve(stub(400, BAD_DATA)).await;
         let e = poll_with(&addr, &[("query", "sum(up")]).await.unwrap_err();
-        assert_eq!(
-            e,
-            PollError::Http {
-                status: 400,
-                detail: r#"bad_data: invalid parameter "query": 1:6: parse error: unclosed left parenthesis"#.into()
-            }
-        );
+        let detail = format!("bad_data (application/json, {} bytes)", BAD_DATA.len());
+        assert_eq!(e, PollError::Http { status: 400, detail });
+        assert_eq!(e.to_string(), "source answered HTTP 400: bad_data (application/json, 124 bytes)");
 
         let (addr, _) = serve(stub(200, TWO_SERIES)).await;
         let e = poll_with(&addr, &[("query", "queue_depth")]).await.unwrap_err();
@@ -1532,12 +1590,84 @@ e6Axr2+SnTxWR3EYGo0/pkvVeuEDM8LsC8AA4uuMc7irl200sRdDZILk
         assert!(e.is_throttling());
         assert_eq!(
             e,
-            PollError::Throttled { detail: "HTTP 503: overloaded".into(), retry_after: Some(Duration::from_secs(7)) }
+            PollError::Throttled {
+                detail: "HTTP 503: application/json, 10 bytes".into(),
+                retry_after: Some(Duration::from_secs(7))
+            }
         );
 
         let (addr, _) = serve(stub(401, "Unauthorized")).await;
         let e = poll_with(&addr, &[("authModes", "bearer"), ("bearerToken", "tok-SECRET")]).await.unwrap_err();
-        assert_eq!(e, PollError::Auth { status: 401, detail: "Unauthorized".into() });
+        assert_eq!(e, PollError::Auth { status: 401, detail: "application/json, 12 bytes".into() });
+
+        let (addr, _) = serve(stub(500, "")).await;
+        assert_eq!(poll_with(&addr, &[]).await.unwrap_err().to_string(), "source answered HTTP 500: empty body");
+    }
+
+    /// The caller chooses `serverAddress`, so an answer may be any internal page: no error
+    /// quotes its bytes (nor values parsed out of it), only status, errorType, type and size.
+    #[tokio::test]
+    async fn poll_errors_never_quote_the_answer() {
+        const M: &str = "LEAKED-BODY-MARKER";
+        let html = |status| {
+            let mut s = stub(status, "<html><title>LEAKED-BODY-MARKER</title>internal admin page</html>");
+            s.headers.push(("content-type", "text/html; charset=utf-8"));
+            s
+        };
+        let cases: &[(&str, Stub, &str, &[&str])] = &[
+            ("500 html", html(500), "http", &["HTTP 500", "text/html, 65 bytes"]),
+            ("401 html", html(401), "auth", &["HTTP 401", "text/html"]),
+            ("404 html", html(404), "not_found", &["HTTP 404", "text/html"]),
+            ("429 html", html(429), "throttled", &["HTTP 429", "text/html"]),
+            (
+                "400 prometheus error",
+                stub(400, r#"{"status":"error","errorType":"bad_data","error":"LEAKED-BODY-MARKER"}"#),
+                "http",
+                &["HTTP 400", "bad_data", "application/json"],
+            ),
+            (
+                "422 error type not a token",
+                stub(422, r#"{"status":"error","errorType":"LEAKED-BODY-MARKER","error":"x"}"#),
+                "http",
+                &["HTTP 422", "application/json, 63 bytes"],
+            ),
+            ("200 html", html(200), "malformed", &["not JSON", "text/html, 65 bytes"]),
+            ("200 truncated JSON", stub(200, r#"{"data":"LEAKED-BODY-MARKER"#), "malformed", &["not JSON", "line 1"]),
+            (
+                "200 wrong-typed value",
+                stub(200, r#"{"data":{"result":[{"value":[1,"LEAKED-BODY-MARKER"]}]}}"#),
+                "malformed",
+                &["not a number", "application/json"],
+            ),
+            (
+                "200 value not a string",
+                stub(200, r#"{"data":{"result":[{"value":[1,{"LEAKED-BODY-MARKER":1}]}]}}"#),
+                "malformed",
+                &["not a string"],
+            ),
+            (
+                "200 data of the wrong type",
+                stub(200, r#"{"data":"LEAKED-BODY-MARKER"}"#),
+                "malformed",
+                &["data is not an object"],
+            ),
+            (
+                "200 JSON with trailing garbage",
+                stub(200, r#"{"data":{"result":[{"value":[1,"2"]}]}, "x": "LEAKED-BODY-MARKER" LEAKED}"#),
+                "malformed",
+                &["not JSON (syntax error"],
+            ),
+        ];
+        for (name, s, kind, wants) in cases {
+            let (addr, _) = serve(s.clone()).await;
+            let e = poll_with(&addr, &[]).await.unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.kind(), *kind, "{name}: {text}");
+            assert!(!text.contains(M) && !text.contains("internal admin"), "{name} leaks: {text}");
+            for want in *wants {
+                assert!(text.contains(want), "{name}: {text:?} lacks {want:?}");
+            }
+        }
     }
 
     #[tokio::test]
@@ -1696,15 +1826,29 @@ e6Axr2+SnTxWR3EYGo0/pkvVeuEDM8LsC8AA4uuMc7irl200sRdDZILk
         assert!(log.lock().unwrap().is_empty(), "no request without a token");
     }
 
+    /// Issue 13: the resource URL key turns Azure auth on (KEDA parity) but never chooses where
+    /// the token goes or for which audience: the trigger declares both, the engine refuses them
+    /// (trust::Endpoints), and the token request itself refuses a non-https target.
     #[tokio::test]
-    async fn azure_resource_url_key_enables_azure_for_any_host() {
+    async fn azure_resource_url_key_is_declared_and_checked() {
         let (addr, log) = serve(stub(200, SCALAR_20)).await;
-        let s = ok(&[("serverAddress", &addr), ("azureManagedPrometheusResourceURL", "https://custom/.default")]);
-        let cred = FakeCredential::new(Ok("t"), Duration::from_secs(3600));
-        let poller = s.build_poller(Some(cred.clone())).unwrap();
-        assert_eq!(poller.poll().await, Ok(Measurement::Value(20.0)));
-        assert_eq!(log.lock().unwrap()[0].header("authorization"), ["Bearer t"]);
-        assert_eq!(*cred.scopes.lock().unwrap(), ["https://custom/.default"]);
+        let s =
+            ok(&[("serverAddress", &addr), ("azureManagedPrometheusResourceURL", "https://vault.azure.net/.default")]);
+        let held: [Held; 1] = s.held().try_into().unwrap();
+        let [Held::Identity(u)] = held else { panic!("one identity use") };
+        assert_eq!((u.service, u.audience.as_str()), (AzureService::Monitor, "https://vault.azure.net/.default"));
+        assert_eq!(u.audience_key, Some("azureManagedPrometheusResourceURL"));
+        assert_eq!(crate::trust::Endpoints::default().check(&u).unwrap_err().key, "serverAddress");
+        // ebb's own identity is not even asked for a token towards a plain-http host.
+        let e = s.build_poller(None).unwrap().poll().await.unwrap_err();
+        assert_eq!(e.kind(), "credential", "{e}");
+        assert!(log.lock().unwrap().is_empty(), "nothing sent");
+        // Identity never rides on weakened or re-rooted TLS.
+        let az = "https://ws-1.eastus.prometheus.monitor.azure.com";
+        let e = config(&base(&[("serverAddress", az), ("unsafeSsl", "true")])).unwrap_err();
+        assert_eq!(e.keys(), vec!["unsafeSsl"]);
+        // Without Azure auth nothing is held.
+        assert!(ok(&[("serverAddress", &addr)]).held().is_empty());
     }
 
     // ---- TLS ------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ pub use decision::Decision;
 use source::{Source, SourceStatus};
 pub use trigger::Trigger;
 
+use crate::access::{Access, Refusal};
 use crate::metrics::Metrics;
 
 /// Engine tuning. Every field has a CLI flag on `ebb serve`.
@@ -55,8 +56,13 @@ pub struct EngineConfig {
     pub sweep_every: Duration,
     /// Poll delays vary by ± this fraction.
     pub jitter: f64,
+    /// `--min-polling-interval`: a trigger asking for a shorter `pollingInterval` gets this, so
+    /// one caller cannot make ebb hammer a source every trigger sharing it depends on.
+    pub min_polling_interval: Duration,
     /// Limits, each with its flag on `ebb serve`.
     pub limits: Limits,
+    /// Who may use ebb's identity and secrets, and where they may go.
+    pub access: Access,
 }
 
 /// What one ebb accepts. A request over a limit gets an error naming the limit's flag; the
@@ -103,10 +109,15 @@ impl Default for EngineConfig {
             idle_timeout: Duration::from_secs(300),
             sweep_every: Duration::from_secs(10),
             jitter: 0.1,
+            min_polling_interval: DEFAULT_MIN_POLLING_INTERVAL,
             limits: Limits::default(),
+            access: Access::default(),
         }
     }
 }
+
+/// `--min-polling-interval`'s default: KEDA's own minimum polling interval.
+pub const DEFAULT_MIN_POLLING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a request could not be answered.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -123,6 +134,18 @@ pub enum EngineError {
     /// A limit of this ebb was reached; `flag` names it.
     #[error("limit reached: {what} (ebb serve {flag} {limit})")]
     LimitReached { what: String, flag: &'static str, limit: usize },
+    /// The operator's access policy does not let this namespace use what it asked for.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+}
+
+impl From<Refusal> for EngineError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Metadata(e) => EngineError::InvalidMetadata(e.into()),
+            Refusal::Policy(reason) => EngineError::PermissionDenied(reason),
+        }
+    }
 }
 
 /// The metadata key naming a KEDA TriggerAuthentication in the ScaledObject's namespace.
@@ -264,6 +287,9 @@ impl Engine {
                 .into(),
             ));
         };
+        // The caller names the namespace: its TriggerAuthentications are read only when the
+        // operator can vouch for that name and has bound the namespace to the feature.
+        self.inner.config.access.check_auth_ref(namespace)?;
         // Bounded like a first poll: KEDA's calls carry a 3 s deadline.
         let wait = self.inner.config.first_poll_wait;
         let params = match tokio::time::timeout(wait, resolver.resolve(namespace, auth_ref)).await {
@@ -307,7 +333,19 @@ impl Engine {
     ) -> Result<Arc<Trigger>, EngineError> {
         let hash = trigger::trigger_hash(namespace, name, metadata);
         let scaler = (self.inner.parse)(parse_md)?;
-        let options = policy::parse(&Metadata::new(parse_md), scaler.target())?;
+        self.inner.config.access.check(namespace, &scaler.held())?;
+        let mut options = policy::parse(&Metadata::new(parse_md), scaler.target())?;
+        let floor = self.inner.config.min_polling_interval;
+        if options.polling_interval < floor {
+            info!(
+                namespace,
+                scaledobject = name,
+                asked = ?options.polling_interval,
+                floor = ?floor,
+                "pollingInterval below ebb serve --min-polling-interval: polling at the floor"
+            );
+            options.polling_interval = floor;
+        }
         let metric_name =
             options.metric_name.clone().unwrap_or_else(|| trigger::default_metric_name(scaler.scaler_type(), metadata));
 

@@ -53,6 +53,8 @@ struct FakeScaler {
     name: String,
     threshold: f64,
     activation: f64,
+    /// `connectionRef`: a named secret the trigger would use.
+    secret: Option<String>,
 }
 
 struct FakePoller(Arc<FakeSource>);
@@ -90,6 +92,10 @@ impl Scaler for FakeScaler {
     fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
         Ok(Arc::new(FakePoller(fake(&self.name))))
     }
+    fn held(&self) -> Vec<ebb_scalers::trust::Held> {
+        let named = |n: &String| ebb_scalers::trust::Held::NamedSecret { name: n.clone(), key: "connectionRef".into() };
+        self.secret.iter().map(named).collect()
+    }
 }
 
 fn parse_fake(map: &HashMap<String, String>) -> Result<Arc<dyn Scaler>, ConfigErrors> {
@@ -98,8 +104,9 @@ fn parse_fake(map: &HashMap<String, String>) -> Result<Arc<dyn Scaler>, ConfigEr
     let name = collect(&mut errs, md.required("source")).unwrap_or_default().to_string();
     let threshold = collect(&mut errs, md.f64("threshold")).flatten().unwrap_or(10.0);
     let activation = collect(&mut errs, md.f64("activationThreshold")).flatten().unwrap_or(0.0);
+    let secret = md.get("connectionRef").map(str::to_string);
     errs.into_result()?;
-    Ok(Arc::new(FakeScaler { key: SourceKey(format!("fake|{name}")), name, threshold, activation }))
+    Ok(Arc::new(FakeScaler { key: SourceKey(format!("fake|{name}")), name, threshold, activation, secret }))
 }
 
 fn engine() -> Engine {
@@ -160,7 +167,8 @@ async fn distinct_sources_poll_separately_and_thresholds_stay_per_trigger() {
 #[tokio::test(start_paused = true)]
 async fn source_polls_at_the_smallest_interval_asked() {
     let src = fake("interval");
-    let e = engine_with(EngineConfig { jitter: 0.0, ..EngineConfig::default() });
+    let config = EngineConfig { jitter: 0.0, min_polling_interval: Duration::from_millis(100), ..Default::default() };
+    let e = engine_with(config);
     let slow = e.resolve("ns", "slow", &md(&[("source", "interval"), ("pollingInterval", "10")]), None).await.unwrap();
     e.decide(&slow).await.unwrap();
     let fast = e.resolve("ns", "fast", &md(&[("source", "interval"), ("pollingInterval", "0.5")]), None).await.unwrap();
@@ -308,7 +316,8 @@ impl AuthRefResolver for FakeAuthRefs {
 async fn authentication_ref_fills_missing_keys_only() {
     let src = fake("auth-ref");
     src.set(Ok(20.0));
-    let e = engine().with_auth_refs(Arc::new(FakeAuthRefs));
+    let e = engine_with(EngineConfig { access: access_policy(true), ..Default::default() })
+        .with_auth_refs(Arc::new(FakeAuthRefs));
     let meta = md(&[("source", "auth-ref"), ("threshold", "10"), ("authenticationRef", "fake-auth")]);
     let t = e.resolve("ns", "so", &meta, None).await.unwrap();
     assert_eq!(t.target(), 10.0, "the metadata's own threshold wins");
@@ -319,6 +328,58 @@ async fn authentication_ref_fills_missing_keys_only() {
     let missing = md(&[("source", "auth-ref"), ("authenticationRef", "nope")]);
     let err = e.resolve("ns", "so2", &missing, None).await.err().unwrap();
     assert!(err.to_string().contains("authenticationRef") && err.to_string().contains("not found"), "{err}");
+}
+
+/// An access policy binding namespace `ns` to the named secret `ns-secret` and to its own
+/// TriggerAuthentications; `trust` believes the caller's namespace.
+fn access_policy(trust: bool) -> crate::access::Access {
+    let yaml = format!(
+        "trustCallerNamespace: {trust}\nbindings: [{{namespaces: [ns], secrets: [ns-secret], authenticationRef: true}}]"
+    );
+    crate::access::Access { policy: serde_saphyr::from_str(&yaml).unwrap(), ..Default::default() }
+}
+
+/// Issue 13: what ebb holds is used only as the operator's policy allows, and a refusal is
+/// PERMISSION_DENIED naming the policy. Nothing is polled for a refused trigger.
+#[tokio::test(start_paused = true)]
+async fn access_policy_gates_named_secrets_and_authentication_refs() {
+    let src = fake("guarded");
+    let meta = md(&[("source", "guarded"), ("connectionRef", "ns-secret")]);
+    let e = engine(); // a fresh install binds nothing
+    let err = e.resolve("ns", "so", &meta, None).await.err().unwrap();
+    assert!(matches!(&err, EngineError::PermissionDenied(r) if r.contains("connectionRef")), "{err}");
+    assert_eq!(src.polls(), 0);
+
+    let e = engine_with(EngineConfig { access: access_policy(false), ..Default::default() })
+        .with_auth_refs(Arc::new(FakeAuthRefs));
+    e.resolve("ns", "so", &meta, None).await.unwrap();
+    let err = e.resolve("other", "so", &meta, None).await.err().unwrap();
+    assert!(matches!(err, EngineError::PermissionDenied(_)), "{err}");
+    let other = md(&[("source", "guarded"), ("connectionRef", "other-secret")]);
+    assert!(matches!(e.resolve("ns", "so2", &other, None).await, Err(EngineError::PermissionDenied(_))));
+    // authenticationRef needs a namespace the operator can vouch for.
+    let auth = md(&[("source", "guarded"), ("authenticationRef", "fake-auth")]);
+    let err = e.resolve("ns", "so3", &auth, None).await.err().unwrap();
+    assert!(matches!(&err, EngineError::PermissionDenied(r) if r.contains("trustCallerNamespace")), "{err}");
+    let e = engine_with(EngineConfig { access: access_policy(true), ..Default::default() })
+        .with_auth_refs(Arc::new(FakeAuthRefs));
+    e.resolve("ns", "so3", &auth, None).await.unwrap();
+    assert!(matches!(e.resolve("other", "so3", &auth, None).await, Err(EngineError::PermissionDenied(_))));
+}
+
+/// Issue 13: `pollingInterval: "0.001"` polls at the floor, not 1,000 times a second.
+#[tokio::test(start_paused = true)]
+async fn polling_interval_has_a_floor() {
+    let src = fake("floor");
+    let e = engine_with(EngineConfig { jitter: 0.0, ..Default::default() });
+    assert_eq!(e.config().min_polling_interval, Duration::from_secs(1));
+    let t = e.resolve("ns", "so", &md(&[("source", "floor"), ("pollingInterval", "0.001")]), None).await.unwrap();
+    e.decide(&t).await.unwrap();
+    let start = src.polls();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let polls = src.polls() - start;
+    assert!((9..=11).contains(&polls), "{polls} polls in 10 s at a 1 s floor");
+    assert_eq!(t.polling_interval(), Duration::from_secs(1));
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,6 +17,13 @@ use tonic::{Code, Status, Streaming};
 pub const RPC_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Starts ebb with gRPC and HTTP on `127.0.0.1:0` and the default engine config.
+/// An access policy for one trusted team: every namespace may use every named secret and its
+/// own TriggerAuthentications, and the caller's namespace is believed.
+pub fn open_access() -> ebb::access::Access {
+    let yaml = "trustCallerNamespace: true\nbindings: [{namespaces: ['*'], secrets: ['*'], authenticationRef: true}]";
+    ebb::access::Access { policy: serde_saphyr::from_str(yaml).expect("policy"), ..Default::default() }
+}
+
 pub async fn start_ebb() -> (Server, Keda) {
     start_ebb_with(EngineConfig::default()).await
 }
@@ -92,6 +99,10 @@ async fn bounded<T>(call: impl std::future::Future<Output = Result<tonic::Respon
 }
 
 impl Keda {
+    pub fn from_channel(channel: Channel) -> Keda {
+        Keda { client: ExternalScalerClient::new(channel) }
+    }
+
     pub async fn connect(srv: &Server) -> Keda {
         let channel = tokio::time::timeout(
             Duration::from_secs(5),
@@ -222,6 +233,11 @@ impl ServeProcess {
     /// must let `ebb::server`'s info line through) and waits (bounded) until it logs that it
     /// serves; retries on other ports if it exits at once (a port taken meanwhile).
     pub async fn start(args: &[&str], rust_log: &str) -> ServeProcess {
+        Self::start_with_env(args, rust_log, &[]).await
+    }
+
+    /// [`ServeProcess::start`] with extra environment variables.
+    pub async fn start_with_env(args: &[&str], rust_log: &str, env: &[(&str, &str)]) -> ServeProcess {
         use std::net::SocketAddr;
         use std::process::{Command, Stdio};
         use std::time::Instant;
@@ -238,6 +254,7 @@ impl ServeProcess {
                 .args(args)
                 .env("RUST_LOG", rust_log)
                 .env("NO_COLOR", "1")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(out))
                 .stderr(Stdio::from(err))

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod azure_front;
 pub mod azurite;
 pub mod ebb;
 pub mod eventhubs;

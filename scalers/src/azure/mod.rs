@@ -174,10 +174,18 @@ pub fn fingerprint(secret: &str) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// ebb's own identity for a token that will be sent to `target`. The engine has checked the
+/// trigger's declared uses against the operator's policy ([`crate::trust`]); this checks again,
+/// at the last moment, that the token goes over https to a service host name.
+pub fn identity_for(target: &url::Url) -> Result<Arc<dyn TokenCredential>, PollError> {
+    crate::trust::check_token_target(target)?;
+    identity()
+}
+
 /// ebb's own Entra ID identity, shared by every source (the credentials cache tokens per scope):
 /// workload identity when `AZURE_FEDERATED_TOKEN_FILE` is set, else managed identity
 /// (user-assigned when `AZURE_CLIENT_ID` is set). A failure is not cached: the next poll retries.
-pub fn identity() -> Result<Arc<dyn TokenCredential>, PollError> {
+fn identity() -> Result<Arc<dyn TokenCredential>, PollError> {
     static CREDENTIAL: Mutex<Option<Arc<dyn TokenCredential>>> = Mutex::new(None);
     let mut slot = CREDENTIAL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(c) = slot.as_ref() {

@@ -605,9 +605,24 @@ pub async fn fetch_token(http: &reqwest::Client, o: &OAuth, now_ms: i64) -> Resu
         .await
         .map_err(|e| PollError::Connect(format!("token endpoint: {}", crate::excerpt(&e.without_url().to_string()))))?;
     let status = resp.status().as_u16();
+    let content_type =
+        resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = resp.text().await.map_err(|e| PollError::Malformed(format!("token endpoint: {e}")))?;
+    let summary = crate::body_summary(content_type.as_deref(), body.len());
     if !(200..300).contains(&status) {
-        let detail = format!("token endpoint: {}", crate::excerpt(&body));
+        // The caller chose `tokenUrl`: the answer may be any internal page. Only the RFC 6749
+        // error code (`invalid_client`) when it is one, the type and the size.
+        tracing::debug!(scaler = SCALER_TYPE, status, detail = %crate::excerpt(&body), "token endpoint returned an error");
+        let code = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| {
+            v.get("error")
+                .and_then(serde_json::Value::as_str)
+                .filter(|c| !c.is_empty() && c.len() <= 32 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+                .map(str::to_owned)
+        });
+        let detail = match code {
+            Some(code) => format!("token endpoint: {code} ({summary})"),
+            None => format!("token endpoint: {summary}"),
+        };
         return Err(if status == 401 || status == 403 {
             PollError::Auth { status, detail }
         } else {
@@ -620,7 +635,7 @@ pub async fn fetch_token(http: &reqwest::Client, o: &OAuth, now_ms: i64) -> Resu
         expires_in: Option<i64>,
     }
     let t: TokenResponse = serde_json::from_str(&body)
-        .map_err(|_| PollError::Malformed("token endpoint: no access_token in the answer".into()))?;
+        .map_err(|_| PollError::Malformed(format!("token endpoint: no access_token in the answer ({summary})")))?;
     let ttl_ms = t.expires_in.unwrap_or(3600).clamp(1, 86_400) * 1000;
     Ok(BearerToken { value: t.access_token, expires_at_ms: now_ms + ttl_ms })
 }

@@ -262,6 +262,54 @@ async fn client_credentials_token() {
     let e = fetch_token(&http, &o, 0).await.unwrap_err();
     assert!(matches!(e, PollError::Auth { status: 401, .. }), "{e}");
     assert!(!e.to_string().contains("wrong"));
+    assert_eq!(
+        e.to_string(),
+        "authentication failed (HTTP 401): token endpoint: invalid_client (text/plain, 26 bytes)"
+    );
+}
+
+/// The caller chooses `tokenUrl`, so its answer may be any internal page: token errors name the
+/// status, the OAuth error code, the type and the size, never the body or values out of it.
+#[tokio::test]
+async fn token_errors_never_quote_the_answer() {
+    const M: &str = "LEAKED-BODY-MARKER";
+    let cases: &[(u16, &str, &str, &str, &[&str])] = &[
+        (500, "text/html", "<html>LEAKED-BODY-MARKER internal</html>", "http", &["HTTP 500", "text/html, 40 bytes"]),
+        (403, "text/html", "<h1>LEAKED-BODY-MARKER</h1>", "auth", &["HTTP 403", "text/html"]),
+        (
+            400,
+            "application/json",
+            r#"{"error":"invalid_grant","error_description":"LEAKED-BODY-MARKER"}"#,
+            "http",
+            &["HTTP 400", "invalid_grant (application/json"],
+        ),
+        (400, "application/json", r#"{"error":"LEAKED-BODY-MARKER"}"#, "http", &["application/json, 30 bytes"]),
+        (200, "text/html", "<html>LEAKED-BODY-MARKER</html>", "malformed", &["no access_token", "text/html, 31 bytes"]),
+        (200, "application/json", r#"{"access_token":["LEAKED-BODY-MARKER"]}"#, "malformed", &["no access_token"]),
+    ];
+    for (status, ct, body, kind, wants) in cases {
+        let (status, ct, body) = (*status, *ct, *body);
+        let app = axum::Router::new().fallback(move || async move {
+            axum::http::Response::builder().status(status).header("content-type", ct).body(body.to_owned()).unwrap()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let o = OAuth {
+            client_id: "id".into(),
+            client_secret: "s3cret".into(),
+            token_url: Url::parse(&url).unwrap(),
+            scopes: vec![],
+            extensions: vec![],
+        };
+        let e = fetch_token(&reqwest::Client::new(), &o, 0).await.unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.kind(), *kind, "{status} {body}: {text}");
+        assert!(!text.contains(M) && !text.contains("internal"), "{status} {body}: {text}");
+        for want in *wants {
+            assert!(text.contains(want), "{status} {body}: {text:?} lacks {want:?}");
+        }
+    }
 }
 
 const CERT: &str = "-----BEGIN CERTIFICATE-----
