@@ -61,13 +61,33 @@ fn default_values_render_and_validate() {
     let m = render_and_validate(&[]);
     let mut k = kinds(&m);
     k.sort();
-    assert_eq!(k, ["Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"], "{m}");
+    assert_eq!(k, ["Deployment", "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount"], "{m}");
     assert!(m.contains("replicas: 2"), "{m}");
     assert!(m.contains("grpc:\n              port: 9090"), "liveness is a gRPC probe:\n{m}");
     assert!(m.contains("path: /readyz"), "{m}");
     assert!(m.contains("preferredDuringSchedulingIgnoredDuringExecution"), "{m}");
     assert!(m.contains("readOnlyRootFilesystem: true") && m.contains("- ALL"), "{m}");
     assert!(!m.contains("EBB_KUBE") && !m.contains("clusterIP: None") && !m.contains("--tls-cert"), "{m}");
+    // No config and no access policy: no ConfigMap, no EBB_CONFIG.
+    assert!(!m.contains("EBB_CONFIG") && !m.contains("--azure-"), "{m}");
+    // The NetworkPolicy admits KEDA's operator (the KEDA chart's in `keda`, the AKS add-on's in
+    // kube-system) to the gRPC port, the monitoring namespace to the HTTP port, nothing else.
+    let np = network_policy(&m).expect("a NetworkPolicy");
+    for needle in [
+        "policyTypes:\n    - Ingress",
+        "- from:\n        - namespaceSelector:\n            matchLabels:\n              kubernetes.io/metadata.name: keda\n          podSelector:\n            matchLabels:\n              app.kubernetes.io/name: keda-operator\n",
+        "kubernetes.io/metadata.name: kube-system\n          podSelector:\n            matchLabels:\n              app: keda-operator\n      ports:\n        - port: 9090\n          protocol: TCP",
+        "kubernetes.io/metadata.name: monitoring\n      ports:\n        - port: 8080\n          protocol: TCP",
+        "podSelector:\n    matchLabels:\n      app.kubernetes.io/name: ebb\n      app.kubernetes.io/instance: ebb",
+    ] {
+        assert!(np.contains(needle), "missing {needle:?}:\n{np}");
+    }
+    assert_eq!(np.matches("- from:").count(), 2, "{np}");
+}
+
+/// The rendered NetworkPolicy document, if any.
+fn network_policy(manifests: &str) -> Option<&str> {
+    manifests.split("\n---\n").find(|doc| doc.lines().any(|l| l == "kind: NetworkPolicy"))
 }
 
 #[test]
@@ -86,9 +106,27 @@ fn all_features_render_and_validate() {
         "mountPath: /etc/ebb/tls",
         "path: /healthz",
         "resources:\n    - triggerauthentications\n    verbs:\n    - get\n    - list\n    - watch",
+        // The ConfigMap: config.content, then the values' access policy as its top-level key.
+        "    scaledObjects:\n      - name: orders\n",
+        "          outputMode: replicas\n    access:\n      bindings:\n      - authenticationRef: true\n",
+        "        - entity: orders*\n          host: contoso-prod.servicebus.windows.net\n          service: servicebus\n",
+        "        namespaces:\n        - orders\n        - orders-*\n        secrets:\n        - orders-sb\n      trustCallerNamespace: true\n",
+        "name: EBB_CONFIG\n              value: \"/etc/ebb/config/config.yaml\"",
+        // Private-cloud suffixes and Monitor audiences, before extraArgs.
+        "- \"--azure-private-suffix=servicebus=servicebus.airgap.example\"\n            - \"--azure-private-suffix=storage=core.airgap.example\"\n            - \"--azure-monitor-audience=https://prometheus.monitor.airgap.example\"\n            - \"--max-staleness\"",
     ] {
         assert!(m.contains(needle), "missing {needle:?}:\n{m}");
     }
+    // The NetworkPolicy with the custom peers instead of the defaults, plus the extra rule.
+    let np = network_policy(&m).expect("a NetworkPolicy");
+    for needle in [
+        "kubernetes.io/metadata.name: keda-system\n          podSelector:\n            matchLabels:\n              app: keda-operator\n      ports:\n        - port: 9090\n",
+        "kubernetes.io/metadata.name: observability\n          podSelector:\n            matchLabels:\n              app.kubernetes.io/name: prometheus\n      ports:\n        - port: 8080\n",
+        "- from:\n      - ipBlock:\n          cidr: 10.20.0.0/16\n",
+    ] {
+        assert!(np.contains(needle), "missing {needle:?}:\n{np}");
+    }
+    assert!(!np.contains("kubernetes.io/metadata.name: monitoring") && !np.contains("kube-system"), "{np}");
 }
 
 #[test]
@@ -97,6 +135,11 @@ fn namespaced_rbac_renders_and_validates() {
     assert_eq!(kinds(&m).iter().filter(|k| *k == "Role").count(), 2, "{m}");
     assert!(!kinds(&m).iter().any(|k| k == "ClusterRole" || k == "ServiceAccount"), "{m}");
     assert!(m.contains("requiredDuringSchedulingIgnoredDuringExecution") && m.contains("maxUnavailable: 1"), "{m}");
+    // networkPolicy.enabled: false renders none.
+    assert!(network_policy(&m).is_none() && !kinds(&m).iter().any(|k| k == "NetworkPolicy"), "{m}");
+    // An access policy alone (no config.enabled): a ConfigMap holding only `access:`, mounted.
+    assert!(m.contains("  config.yaml: |\n    access:\n      bindings:\n"), "{m}");
+    assert!(m.contains("name: EBB_CONFIG") && m.contains("mountPath: /etc/ebb/config\n"), "{m}");
 }
 
 #[test]
@@ -106,6 +149,41 @@ fn required_values_fail_the_render() {
     std::fs::write(&values, "workloadIdentity:\n  enabled: true\n").unwrap();
     let (ok, text) = check(&["chart", "--values", values.to_str().unwrap()]);
     assert!(!ok && text.contains("workloadIdentity.clientId is required"), "{text}");
+}
+
+/// Values that contradict each other fail the render with a message naming them: `access` both in
+/// config.content and in the values, a private suffix that is not SERVICE=SUFFIX.
+#[test]
+fn conflicting_values_fail_the_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "config:\n  enabled: true\n  content: |\n    scaledObjects: []\n    access: {bindings: []}\naccess:\n  bindings: []\n",
+            "access is set both in config.content and in the values",
+        ),
+        ("azure:\n  privateSuffixes: [servicebus.airgap.example]\n", "is not SERVICE=SUFFIX"),
+    ];
+    for (i, (body, needle)) in cases.into_iter().enumerate() {
+        let values = dir.path().join(format!("v{i}.yaml"));
+        std::fs::write(&values, body).unwrap();
+        let (ok, text) = check(&["chart", "--values", values.to_str().unwrap()]);
+        assert!(!ok && text.contains(needle), "{body}:\n{text}");
+    }
+}
+
+/// With every peer list empty the NetworkPolicy denies all ingress (`ingress: []`): an ingress
+/// rule with an empty `from` would admit every source instead.
+#[test]
+fn network_policy_without_peers_denies_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("v.yaml");
+    std::fs::write(&values, "networkPolicy:\n  grpcFrom: []\n  httpFrom: []\n").unwrap();
+    let out = dir.path().join("rendered.yaml");
+    let (ok, text) = check(&["chart", "--values", values.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(ok && text.contains(", 0 failed"), "{text}");
+    let m = std::fs::read_to_string(out).unwrap();
+    let np = network_policy(&m).expect("a NetworkPolicy");
+    assert!(np.contains("  ingress: []") && !np.contains("from:"), "{np}");
 }
 
 #[test]
@@ -162,4 +240,12 @@ fn validators_reject_bad_objects() {
         let (ok, text) = bad(name, body);
         assert!(!ok && text.contains("FAIL") && text.contains(needle), "{name} was not rejected:\n{text}");
     }
+}
+
+/// The plain manifests (no Helm) validate too, NetworkPolicy included.
+#[test]
+fn plain_manifests_validate() {
+    let file = repo().join("deploy/kubernetes/ebb.yaml");
+    let (ok, text) = check(&["files", file.to_str().unwrap()]);
+    assert!(ok && text.contains("NetworkPolicy") && text.contains(", 0 failed"), "{text}");
 }

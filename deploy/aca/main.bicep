@@ -16,7 +16,9 @@
 //     and public reports go both ways; the bridge uses only documented scale rule types.
 //
 // ebb authenticates to Azure sources with its own identity: Container Apps hands a scale rule's
-// `auth` and `identity` to KEDA, never to an external scaler or to a metrics-api endpoint.
+// `auth` and `identity` to KEDA, never to an external scaler or to a metrics-api endpoint. ebb
+// lends that identity only as its config file's `access` section allows: the generated file
+// binds accessNamespaces (default "default") to exactly the resources triggerMetadata reads.
 
 targetScope = 'resourceGroup'
 
@@ -81,8 +83,13 @@ param triggerMetadata object = {
   messageCount: '5'
 }
 
-@description('ebb\'s config file, verbatim (YAML; see README "Azure Container Apps bridge"). Empty: generated from scaledObjectName and triggerMetadata with outputMode replicas. Used with route bridge.')
+@description('ebb\'s config file, verbatim (YAML; see README "Azure Container Apps bridge"), mounted with both routes. Empty: generated from scaledObjectName and triggerMetadata (with route bridge; outputMode replicas) and an access section binding accessNamespaces to the resources triggerMetadata reads. A verbatim file needs its own access section: ebb refuses its identity to namespaces that no binding names.')
 param ebbConfig string = ''
+
+@description('Namespaces (globs) that the generated access section lets use ebb\'s identity for the resources triggerMetadata reads (service, host, entity). The bridge\'s ScaledObject is in "default". With route external, KEDA on Container Apps sends a namespace of its own, which Microsoft does not document: read it in ebb\'s console log and add it. Ignored when ebbConfig is set.')
+param accessNamespaces array = [
+  'default'
+]
 
 @description('Name of the worker app.')
 param workerName string = '${namePrefix}-worker'
@@ -252,8 +259,92 @@ var bridgeMetadata = union(triggerMetadata, {
   maxReplicaCount: string(workerMaxReplicas)
 })
 
-// JSON is YAML: string() of this object is a valid ebb config file.
-var generatedConfig = string({
+// ebb's access policy. ebb refuses its own identity to a namespace that no binding names, and a
+// binding names what the identity may be used for: service (servicebus for Service Bus and Event
+// Hubs, storage, monitor), the full host, and the entity (queue, topic/subscription, hub,
+// container). The generated binding gives accessNamespaces exactly the resources that
+// triggerMetadata reads with ebb's identity, with the hosts that ebb derives from the same keys
+// (cloud, endpointSuffix, storageEndpointSuffix, as with KEDA).
+var md = triggerMetadata
+var scalerType = toLower(string(md.?scalerType ?? ''))
+var cloud = toLower(string(md.?cloud ?? 'AzurePublicCloud'))
+var cloudSuffixes = {
+  azurepubliccloud: {
+    serviceBus: 'servicebus.windows.net'
+    storage: 'core.windows.net'
+  }
+  azureusgovernmentcloud: {
+    serviceBus: 'servicebus.usgovcloudapi.net'
+    storage: 'core.usgovcloudapi.net'
+  }
+  azurechinacloud: {
+    serviceBus: 'servicebus.chinacloudapi.cn'
+    storage: 'core.chinacloudapi.cn'
+  }
+}
+var privateCloud = cloud == 'private'
+var knownCloud = cloudSuffixes[?cloud] ?? cloudSuffixes.azurepubliccloud
+var serviceBusSuffix = privateCloud ? string(md.?endpointSuffix ?? '') : knownCloud.serviceBus
+// azure-queue's endpointSuffix is the whole queue suffix with cloud Private; azure-eventhub's
+// storageEndpointSuffix is what follows `blob.`.
+var queueSuffix = privateCloud ? string(md.?endpointSuffix ?? '') : 'queue.${knownCloud.storage}'
+var blobSuffix = 'blob.${privateCloud ? string(md.?storageEndpointSuffix ?? '') : knownCloud.storage}'
+
+// Service Bus entity: the queue, or topic/subscription; a useRegex trigger reads any entity,
+// which only "*" covers.
+var serviceBusEntity = toLower(string(md.?useRegex ?? 'false')) == 'true' ? '*' : (empty(md.?queueName ?? '') ? '${md.?topicName ?? ''}/${md.?subscriptionName ?? ''}' : md.queueName)
+var serviceBusGrants = scalerType == 'azure-servicebus' && !empty(md.?namespace ?? '') ? [
+  {
+    service: 'servicebus'
+    host: toLower('${md.namespace}.${serviceBusSuffix}')
+    entity: serviceBusEntity
+  }
+] : []
+var queueGrants = scalerType == 'azure-queue' && !empty(md.?accountName ?? '') ? [
+  {
+    service: 'storage'
+    host: toLower('${md.accountName}.${queueSuffix}')
+    entity: md.?queueName ?? '*'
+  }
+] : []
+var eventHubGrants = scalerType == 'azure-eventhub' && !empty(md.?eventHubNamespace ?? '') ? [
+  {
+    service: 'servicebus'
+    host: toLower('${md.eventHubNamespace}.${serviceBusSuffix}')
+    entity: md.?eventHubName ?? '*'
+  }
+] : []
+// Checkpoints: the container blobContainer, or azure-webjobs-eventhub with checkpointStrategy
+// azureFunction or no blobContainer.
+var checkpointContainer = toLower(string(md.?checkpointStrategy ?? '')) == 'azurefunction' || empty(md.?blobContainer ?? '') ? 'azure-webjobs-eventhub' : md.blobContainer
+var checkpointGrants = scalerType == 'azure-eventhub' && !empty(md.?storageAccountName ?? '') ? [
+  {
+    service: 'storage'
+    host: toLower('${md.storageAccountName}.${blobSuffix}')
+    entity: checkpointContainer
+  }
+] : []
+// prometheus on Azure Monitor managed Prometheus: the query endpoint's host.
+var prometheusHost = toLower(first(split(first(split(last(split(string(md.?serverAddress ?? ''), '://')), '/')), ':')))
+var monitorGrants = scalerType == 'prometheus' && contains(prometheusHost, '.prometheus.monitor.azure.') ? [
+  {
+    service: 'monitor'
+    host: prometheusHost
+  }
+] : []
+
+var generatedAccess = {
+  bindings: [
+    {
+      namespaces: accessNamespaces
+      identity: concat(serviceBusGrants, queueGrants, eventHubGrants, checkpointGrants, monitorGrants)
+    }
+  ]
+}
+
+// JSON is YAML: string() of this object is a valid ebb config file. With route external it has
+// only the access section (KEDA sends the trigger metadata over gRPC).
+var generatedConfig = string(union(bridge ? {
   scaledObjects: [
     {
       name: scaledObjectName
@@ -261,7 +352,9 @@ var generatedConfig = string({
       metadata: bridgeMetadata
     }
   ]
-})
+} : {}, {
+  access: generatedAccess
+}))
 
 var bridge = route == 'bridge'
 var configText = empty(ebbConfig) ? generatedConfig : ebbConfig
@@ -294,12 +387,13 @@ resource ebb 'Microsoft.App/containerApps@2025-01-01' = {
         transport: bridge ? 'http' : 'http2'
         allowInsecure: true
       }
-      secrets: bridge ? [
+      // ebb's config file, with both routes: the bridge's ScaledObjects and the access section.
+      secrets: [
         {
           name: 'ebb-config'
           value: configText
         }
-      ] : []
+      ]
       registries: registries
     }
     template: {
@@ -312,19 +406,18 @@ resource ebb 'Microsoft.App/containerApps@2025-01-01' = {
             '--log-format'
             'json'
           ]
-          env: concat([
+          env: [
             {
               // ebb's Azure credential: this user-assigned identity (IDENTITY_ENDPOINT is set by
               // Container Apps).
               name: 'AZURE_CLIENT_ID'
               value: identity.properties.clientId
             }
-          ], bridge ? [
             {
               name: 'EBB_CONFIG'
               value: '/etc/ebb/config.yaml'
             }
-          ] : [])
+          ]
           resources: {
             cpu: json('0.25')
             memory: '0.5Gi'
@@ -347,15 +440,15 @@ resource ebb 'Microsoft.App/containerApps@2025-01-01' = {
               periodSeconds: 5
             }
           ]
-          volumeMounts: bridge ? [
+          volumeMounts: [
             {
               volumeName: 'config'
               mountPath: '/etc/ebb'
             }
-          ] : []
+          ]
         }
       ]
-      volumes: bridge ? [
+      volumes: [
         {
           name: 'config'
           storageType: 'Secret'
@@ -366,7 +459,7 @@ resource ebb 'Microsoft.App/containerApps@2025-01-01' = {
             }
           ]
         }
-      ] : []
+      ]
       // Never zero: nothing would wake ebb (KEDA's calls do not count as HTTP scale traffic
       // while no replica runs, and a push stream cannot reach a stopped app). One replica:
       // every ebb replica would poll the sources itself.

@@ -52,3 +52,31 @@ app.kubernetes.io/part-of: ebb
 {{- define "ebb.scalerAddress" -}}
 {{- printf "%s.%s.svc.cluster.local:%v" (include "ebb.fullname" .) .Release.Namespace .Values.ports.grpc }}
 {{- end }}
+
+{{/* "true" when ebb gets a config file (ConfigMap <fullname>-config, EBB_CONFIG): the bridge's
+config.enabled, or an access policy. */}}
+{{- define "ebb.configEnabled" -}}
+{{- if or .Values.config.enabled .Values.access }}true{{ end }}
+{{- end }}
+
+{{/* ebb's config file: config.content (the bridge's scaledObjects) when config.enabled, then
+the values' access policy as the top-level `access:` key. */}}
+{{- define "ebb.configFile" -}}
+{{- $content := "" }}
+{{- if .Values.config.enabled }}
+{{- if .Values.access }}
+{{- $content = .Values.config.content | default "" }}
+{{- else }}
+{{- $content = required "config.content is required when config.enabled (unless access is set)" .Values.config.content }}
+{{- end }}
+{{- end }}
+{{- $content = regexReplaceAll "\\s+$" $content "" }}
+{{- if and $content .Values.access (hasKey (fromYaml $content) "access") }}
+{{- fail "access is set both in config.content and in the values' access: keep one" }}
+{{- end }}
+{{- $content }}
+{{- with .Values.access }}
+{{- if $content }}{{ "\n" }}{{ end }}access:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
