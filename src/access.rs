@@ -23,7 +23,8 @@ pub struct Access {
     pub policy: AccessPolicy,
     /// Hosts and audiences approved beyond the Azure clouds' own.
     pub endpoints: Endpoints,
-    /// The gRPC port requires client certificates (mTLS): callers are who the CA says.
+    /// The gRPC port requires client certificates (mTLS): callers are who the CA says. Set by
+    /// [`crate::server::spawn`] from its TLS options.
     pub mtls: bool,
 }
 

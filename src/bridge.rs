@@ -134,7 +134,7 @@ impl Bridge {
     pub async fn start(&self) -> Result<(), String> {
         for so in self.objects.values() {
             self.engine
-                .resolve(&so.namespace, &so.name, &so.metadata, None)
+                .resolve_declared(&so.namespace, &so.name, &so.metadata, None)
                 .await
                 .map_err(|e| format!("ScaledObject {}/{}: {e}", so.namespace, so.name))?;
         }
@@ -146,7 +146,7 @@ impl Bridge {
             .objects
             .get(&(namespace.to_string(), name.to_string()))
             .ok_or_else(|| BridgeError::Unknown(format!("{namespace}/{name}")))?;
-        let t = self.engine.resolve(&so.namespace, &so.name, &so.metadata, peer).await?;
+        let t = self.engine.resolve_declared(&so.namespace, &so.name, &so.metadata, peer).await?;
         let d = self.engine.decide(&t).await?;
         Ok(Answer {
             namespace: so.namespace.clone(),

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::engine::decision::{self, DecisionState};
 use crate::engine::policy::{self, OutputMode};
-use crate::engine::{EngineError, trigger};
+use crate::engine::{EngineError, keda_keys, trigger};
 
 /// What one check saw.
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +28,12 @@ pub struct CheckReport {
     pub polling_interval_s: f64,
     /// What `serve` would do differently from what the metadata says.
     pub notes: Vec<String>,
+    /// Keys given to the scaler (ebb's and the source's), sorted.
+    pub source_keys: Vec<String>,
+    /// Keys set aside as KEDA's own connection settings.
+    pub ignored_as_kedas: Vec<String>,
+    /// Whose `unsafeSsl` it was.
+    pub unsafe_ssl: &'static str,
 }
 
 /// The `serve` settings a check applies.
@@ -36,11 +42,17 @@ pub struct CheckOptions {
     pub min_polling_interval: std::time::Duration,
     /// Where ebb's identity may go (`--azure-private-suffix`, `--azure-monitor-audience`).
     pub endpoints: ebb_scalers::trust::Endpoints,
+    /// Read the metadata as `serve` with TLS on its gRPC port would (`--grpc-tls`).
+    pub grpc_tls: bool,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        Self { min_polling_interval: crate::engine::DEFAULT_MIN_POLLING_INTERVAL, endpoints: Default::default() }
+        Self {
+            min_polling_interval: crate::engine::DEFAULT_MIN_POLLING_INTERVAL,
+            endpoints: Default::default(),
+            grpc_tls: false,
+        }
     }
 }
 
@@ -78,7 +90,9 @@ pub fn parse_pairs(args: &[String]) -> Result<HashMap<String, String>, String> {
 ///
 /// ebb's identity goes only where `serve` would send it; the operator running `check` is trusted
 /// with named secrets, so namespace bindings do not apply here.
-pub async fn run(metadata: &HashMap<String, String>, opts: &CheckOptions) -> Result<CheckReport, CheckError> {
+pub async fn run(sent: &HashMap<String, String>, opts: &CheckOptions) -> Result<CheckReport, CheckError> {
+    let view = keda_keys::source_view(sent, sent, keda_keys::Door::Keda { tls: opts.grpc_tls });
+    let metadata = &view.metadata;
     let scaler = ebb_scalers::parse(metadata).map_err(EngineError::from)?;
     for held in scaler.held() {
         if let ebb_scalers::trust::Held::Identity(u) = held {
@@ -124,6 +138,13 @@ pub async fn run(metadata: &HashMap<String, String>, opts: &CheckOptions) -> Res
         poll_ms,
         polling_interval_s: polling_interval.as_secs_f64(),
         notes,
+        source_keys: {
+            let mut k: Vec<String> = metadata.keys().cloned().collect();
+            k.sort();
+            k
+        },
+        ignored_as_kedas: view.ignored.clone(),
+        unsafe_ssl: view.unsafe_ssl.describe(),
     })
 }
 
@@ -140,6 +161,11 @@ impl std::fmt::Display for CheckReport {
         for note in &self.notes {
             writeln!(f, "note              {note}")?;
         }
+        writeln!(f, "keys for source   {}", self.source_keys.join(", "))?;
+        if !self.ignored_as_kedas.is_empty() {
+            writeln!(f, "ignored (KEDA's)  {}", self.ignored_as_kedas.join(", "))?;
+        }
+        writeln!(f, "unsafeSsl         {}", self.unsafe_ssl)?;
         write!(f, "poll took         {:.1} ms", self.poll_ms)
     }
 }

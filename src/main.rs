@@ -36,6 +36,10 @@ enum Command {
         /// As `serve --min-polling-interval` (seconds).
         #[arg(long, env = "EBB_MIN_POLLING_INTERVAL", default_value = "1", value_parser = seconds)]
         min_polling_interval: Duration,
+        /// Read the metadata as `serve` with TLS on its gRPC port would: `unsafeSsl` is then
+        /// KEDA's setting for its connection to ebb, not the source's.
+        #[arg(long)]
+        grpc_tls: bool,
         #[command(flatten)]
         azure: AzureEndpointArgs,
     },
@@ -165,8 +169,8 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { metadata, json, min_polling_interval, azure } => {
-            let opts = ebb::check::CheckOptions { min_polling_interval, endpoints: azure.endpoints() };
+        Command::Check { metadata, json, min_polling_interval, grpc_tls, azure } => {
+            let opts = ebb::check::CheckOptions { min_polling_interval, endpoints: azure.endpoints(), grpc_tls };
             check(&metadata, json, &opts).await
         }
         Command::Bench(args) => match ebb::bench::run(args).await {
@@ -193,11 +197,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => ebb::bridge::Config::load(path)?,
         None => ebb::bridge::Config::default(),
     };
-    let access = ebb::access::Access {
-        policy: bridge.access.clone(),
-        endpoints: args.azure.endpoints(),
-        mtls: args.tls_cert.is_some() && args.tls_client_ca.is_some(),
-    };
+    // `mtls` follows the TLS files (server::spawn).
+    let access = ebb::access::Access { policy: bridge.access.clone(), endpoints: args.azure.endpoints(), mtls: false };
     let opts = ServeOptions {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,

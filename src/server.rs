@@ -72,7 +72,12 @@ pub struct Server {
 pub async fn spawn(opts: ServeOptions) -> anyhow::Result<Server> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    let mut engine = Engine::new(opts.engine.clone(), metrics);
+    // What the gRPC door's TLS settings mean for the engine: KEDA's `unsafeSsl` is about a TLS
+    // hop, and with client certificates the caller's namespace is KEDA's word.
+    let mut config = opts.engine.clone();
+    config.grpc_tls = opts.tls.is_some();
+    config.access.mtls = opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let mut engine = Engine::new(config, metrics);
     if let Some(resolver) = opts.auth_refs.clone() {
         engine = engine.with_auth_refs(resolver);
     }

@@ -11,6 +11,7 @@
 //! and waits, bounded, for the source's first poll; every later request answers from memory.
 
 pub mod decision;
+pub mod keda_keys;
 pub mod policy;
 pub mod source;
 pub mod trigger;
@@ -34,6 +35,7 @@ pub use trigger::Trigger;
 
 use crate::access::{Access, Refusal};
 use crate::metrics::Metrics;
+use keda_keys::{Door, UnsafeSslReading};
 
 /// Engine tuning. Every field has a CLI flag on `ebb serve`.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +65,9 @@ pub struct EngineConfig {
     pub limits: Limits,
     /// Who may use ebb's identity and secrets, and where they may go.
     pub access: Access,
+    /// ebb serves gRPC over TLS: KEDA's `unsafeSsl` is then about its connection to ebb, not
+    /// the source's ([`keda_keys`]). Set by [`crate::server::spawn`] from its TLS options.
+    pub grpc_tls: bool,
 }
 
 /// What one ebb accepts. A request over a limit gets an error naming the limit's flag; the
@@ -112,6 +117,7 @@ impl Default for EngineConfig {
             min_polling_interval: DEFAULT_MIN_POLLING_INTERVAL,
             limits: Limits::default(),
             access: Access::default(),
+            grpc_tls: false,
         }
     }
 }
@@ -266,6 +272,30 @@ impl Engine {
         metadata: &HashMap<String, String>,
         peer: Option<SocketAddr>,
     ) -> Result<Arc<Trigger>, EngineError> {
+        let door = Door::Keda { tls: self.inner.config.grpc_tls };
+        self.resolve_at(door, namespace, name, metadata, peer).await
+    }
+
+    /// [`Engine::resolve`] for a ScaledObject declared in ebb's own config (the bridge): no
+    /// KEDA client sits between, so every key is ebb's.
+    pub async fn resolve_declared(
+        &self,
+        namespace: &str,
+        name: &str,
+        metadata: &HashMap<String, String>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Arc<Trigger>, EngineError> {
+        self.resolve_at(Door::Config, namespace, name, metadata, peer).await
+    }
+
+    async fn resolve_at(
+        &self,
+        door: Door,
+        namespace: &str,
+        name: &str,
+        metadata: &HashMap<String, String>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Arc<Trigger>, EngineError> {
         check_metadata_size(metadata, &self.inner.config.limits)?;
         if let Some(t) = self.find(namespace, name, metadata) {
             if let Some(peer) = peer
@@ -276,7 +306,7 @@ impl Engine {
             return Ok(t);
         }
         let Some(auth_ref) = Metadata::new(metadata).get(AUTHENTICATION_REF) else {
-            return self.create(namespace, name, metadata, metadata, peer);
+            return self.create(door, namespace, name, metadata, metadata, peer);
         };
         let Some(resolver) = &self.inner.auth_refs else {
             return Err(EngineError::InvalidMetadata(
@@ -310,7 +340,7 @@ impl Engine {
         for (k, v) in params {
             merged.entry(k).or_insert(v);
         }
-        self.create(namespace, name, metadata, &merged, peer)
+        self.create(door, namespace, name, metadata, &merged, peer)
     }
 
     fn find(&self, namespace: &str, name: &str, metadata: &HashMap<String, String>) -> Option<Arc<Trigger>> {
@@ -323,8 +353,10 @@ impl Engine {
 
     /// Creates the trigger named by (`namespace`, `name`, `metadata`), parsing `parse_md`
     /// (the metadata with any TriggerAuthentication parameters merged in).
+    /// KEDA's own connection keys are set aside first ([`keda_keys`]).
     fn create(
         &self,
+        door: Door,
         namespace: &str,
         name: &str,
         metadata: &HashMap<String, String>,
@@ -332,7 +364,12 @@ impl Engine {
         peer: Option<SocketAddr>,
     ) -> Result<Arc<Trigger>, EngineError> {
         let hash = trigger::trigger_hash(namespace, name, metadata);
+        let view = keda_keys::source_view(metadata, parse_md, door);
+        let parse_md = &view.metadata;
         let scaler = (self.inner.parse)(parse_md)?;
+        if view.unsafe_ssl != UnsafeSslReading::Absent {
+            info!(namespace, scaledobject = name, reading = view.unsafe_ssl.describe(), "unsafeSsl");
+        }
         self.inner.config.access.check(namespace, &scaler.held())?;
         let mut options = policy::parse(&Metadata::new(parse_md), scaler.target())?;
         let floor = self.inner.config.min_polling_interval;

@@ -22,7 +22,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The `X-IDENTITY-HEADER` value ebb's environment carries.
@@ -132,30 +131,13 @@ impl AzureFront {
         let owned: Vec<(String, &'static str)> = suffixes.iter().map(|(s, v)| (s.to_string(), *v)).collect();
 
         // The test CA and one certificate for every played host.
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "azure front test CA");
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let ca = super::certs::Ca::new("azure front test CA");
         let names: Vec<String> = owned.iter().flat_map(|(s, _)| [format!("*.{s}"), format!("*.eastus.{s}")]).collect();
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let tls = super::certs::acceptor(&ca.leaf(&names));
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
-        let tls = {
-            use rustls_pki_types::pem::PemObject;
-            let cert = rustls_pki_types::CertificateDer::from_pem_slice(leaf.pem().as_bytes()).unwrap();
-            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
-            let cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
-                tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
-            .unwrap();
-            tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
-        };
 
         let log: Arc<Mutex<FrontLog>> = Arc::default();
         let (tx, rx) = tokio::sync::mpsc::channel(64);

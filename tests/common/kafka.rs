@@ -46,6 +46,8 @@ pub struct Tansu {
     dir: TempDir,
     log: PathBuf,
     port: u16,
+    /// librdkafka settings the test's own clients add (e.g. TLS through a front).
+    client: Vec<(String, String)>,
 }
 
 /// `TANSU_BIN`, else `$HOME/.cargo/bin/tansu`, else `tansu` on `PATH`.
@@ -106,7 +108,7 @@ impl Tansu {
                 .stderr(Stdio::from(err))
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
-            let mut tansu = Tansu { child, dir, log, port };
+            let mut tansu = Tansu { child, dir, log, port, client: Vec::new() };
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let start = Instant::now();
             for _ in 0..(START_TIMEOUT.as_millis() / 50) {
@@ -177,7 +179,16 @@ impl Tansu {
             .set("socket.timeout.ms", "5000")
             .set("allow.auto.create.topics", "false")
             .set("log_level", "3");
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
         c
+    }
+
+    /// Settings the test's own clients use from now on, over the defaults: for a broker that
+    /// advertises a TLS front, `bootstrap.servers` and the TLS settings to reach it.
+    pub fn set_client(&mut self, settings: &[(&str, &str)]) {
+        self.client = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     }
 
     /// A consumer for one-off requests; `group` sets `group.id` (it never joins the group).

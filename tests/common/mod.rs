@@ -11,6 +11,7 @@
 
 pub mod azure_front;
 pub mod azurite;
+pub mod certs;
 pub mod ebb;
 pub mod eventhubs;
 pub mod faults;
