@@ -146,7 +146,7 @@ async fn fifty_scaled_objects_share_one_poll() {
         let upstream = proxy.requests();
         eprintln!("{cycles} KEDA cycles ({} RPCs) → {upstream} upstream requests", cycles * 3);
         assert!(cycles >= 100, "the clients kept cycling: {cycles}");
-        // One poll right away, then about one a second (with jitter) for ~3 s.
+        // One poll right away, then one a second on the grid for ~3 s.
         assert!((1..=6).contains(&upstream), "one shared poller: {upstream} upstream requests");
     })
     .await;

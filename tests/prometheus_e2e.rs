@@ -110,11 +110,11 @@ async fn gauge_follows_pushed_value() {
         stack.wait_for_value(&query, 3.0, SCRAPE_WAIT).await;
         let seen_by_prometheus = Instant::now();
         let told = next_with(&mut rx, false, Duration::from_secs(10)).await;
-        // pollingInterval 0.5 s ± jitter, plus slack for a loaded 2-core machine.
+        // pollingInterval 0.5 s on its grid, plus slack for a loaded 2-core machine.
         let lag = told.saturating_duration_since(seen_by_prometheus);
         let since_push = told.saturating_duration_since(pushed);
         eprintln!("StreamIsActive reported inactive {since_push:?} after the push, {lag:?} after Prometheus had it");
-        // Scrape (1 s) + poll (0.5 s ± jitter) + slack.
+        // Scrape (1 s) + poll (0.5 s grid) + slack.
         assert!(since_push < Duration::from_secs(4), "inactive pushed {since_push:?} after the push");
         assert!(lag < Duration::from_millis(2500), "inactive pushed {lag:?} after Prometheus had the value");
 
@@ -131,7 +131,7 @@ async fn gauge_follows_pushed_value() {
         let lag = told.saturating_duration_since(seen_by_prometheus);
         let since_push = told.saturating_duration_since(pushed);
         eprintln!("StreamIsActive reported active {since_push:?} after the push, {lag:?} after Prometheus had it");
-        // Scrape (1 s) + poll (0.5 s ± jitter) + slack.
+        // Scrape (1 s) + poll (0.5 s grid) + slack.
         assert!(since_push < Duration::from_secs(4), "active pushed {since_push:?} after the push");
         assert!(lag < Duration::from_millis(2500), "active pushed {lag:?} after Prometheus had the value");
         let c = cycle_until(&keda, &so, Duration::from_secs(5), "GetMetrics shows 17", |c| c.value() == 17.0).await;

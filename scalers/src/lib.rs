@@ -37,6 +37,38 @@ pub use registry::parse;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceKey(pub String);
 
+impl SourceKey {
+    /// The key without its salted credential fingerprints ([`fingerprint_text`]): the same in
+    /// every ebb process for the same source, where the key itself is not (each process salts
+    /// its fingerprints). Replicas derive their poll schedule from it.
+    pub fn public_part(&self) -> String {
+        let mut out = String::with_capacity(self.0.len());
+        let mut rest = self.0.as_str();
+        while let Some(i) = rest.find(FINGERPRINT_PREFIX) {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + FINGERPRINT_PREFIX.len()..];
+            let hex = after.bytes().take_while(u8::is_ascii_hexdigit).count();
+            if hex == 16 {
+                out.push_str(FINGERPRINT_PREFIX);
+                rest = &after[16..];
+            } else {
+                out.push_str(FINGERPRINT_PREFIX);
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+const FINGERPRINT_PREFIX: &str = "fp:";
+
+/// A salted fingerprint as it appears in source keys: `fp:` and the first 8 digest bytes in hex.
+pub fn fingerprint_text(digest: &[u8]) -> String {
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{FINGERPRINT_PREFIX}{hex}")
+}
+
 impl fmt::Display for SourceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -187,6 +219,13 @@ pub fn json_error(e: &serde_json::Error) -> String {
 #[async_trait::async_trait]
 pub trait Poller: Send + Sync {
     async fn poll(&self) -> Result<Measurement, PollError>;
+
+    /// A poll for the wall-clock instant `at` (now or just past). A source that can answer for
+    /// a given time does (Prometheus' `time=`), so every ebb replica polling the same instant
+    /// reads the same value; the others poll now.
+    async fn poll_at(&self, _at: std::time::SystemTime) -> Result<Measurement, PollError> {
+        self.poll().await
+    }
 }
 
 /// A parsed trigger: KEDA's typed config for one scaler type.
@@ -263,6 +302,16 @@ mod tests {
         })
         .await;
         assert!(matches!(err, Err(PollError::Timeout(_))), "{err:?}");
+    }
+
+    #[test]
+    fn public_part_drops_salted_fingerprints_only() {
+        let fp = fingerprint_text(&[0xab; 32]);
+        assert_eq!(fp, "fp:abababababababab");
+        let k = SourceKey(format!("azure-queue|https://a|q|all|value:{fp}"));
+        assert_eq!(k.public_part(), "azure-queue|https://a|q|all|value:fp:");
+        let k = SourceKey(format!(r#"prometheus|{{"secrets":"{fp}","url":"fp:x"}}"#));
+        assert_eq!(k.public_part(), r#"prometheus|{"secrets":"fp:","url":"fp:x"}"#);
     }
 
     #[test]

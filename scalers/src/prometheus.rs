@@ -578,8 +578,7 @@ impl Fingerprint {
         if self.empty {
             return None;
         }
-        let digest = self.hasher.finalize();
-        Some(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+        Some(crate::fingerprint_text(&self.hasher.finalize()))
     }
 }
 
@@ -734,9 +733,15 @@ impl fmt::Debug for PrometheusPoller {
 #[async_trait::async_trait]
 impl Poller for PrometheusPoller {
     async fn poll(&self) -> Result<Measurement, PollError> {
+        self.poll_at(std::time::SystemTime::now()).await
+    }
+
+    /// Evaluates the query at `at` (KEDA sends `time=` too, with its own now): replicas polling
+    /// the same grid tick get the same answer.
+    async fn poll_at(&self, at: std::time::SystemTime) -> Result<Measurement, PollError> {
         // The deadline covers getting a token too, as KEDA's client timeout covers its round
         // tripper.
-        match tokio::time::timeout(self.timeout, self.query_once()).await {
+        match tokio::time::timeout(self.timeout, self.query_once(at)).await {
             Ok(r) => r.map(Measurement::Value),
             Err(_) => Err(PollError::Timeout(self.timeout)),
         }
@@ -744,8 +749,8 @@ impl Poller for PrometheusPoller {
 }
 
 impl PrometheusPoller {
-    async fn query_once(&self) -> Result<f64, PollError> {
-        let url = format!("{}&time={}{}", self.url_head, rfc3339_millis_now(), self.url_tail);
+    async fn query_once(&self, at: std::time::SystemTime) -> Result<f64, PollError> {
+        let url = format!("{}&time={}{}", self.url_head, rfc3339_millis(at), self.url_tail);
         let mut headers = self.headers.clone();
         if let Some(azure) = &self.azure {
             headers.insert(AUTHORIZATION, azure.header().await?);
@@ -877,8 +882,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Now in UTC as RFC 3339 with milliseconds, e.g. `2026-11-22T23:31:03.123Z`.
-fn rfc3339_millis_now() -> String {
-    let t = azure_core::time::OffsetDateTime::now_utc();
+fn rfc3339_millis(at: std::time::SystemTime) -> String {
+    let t = azure_core::time::OffsetDateTime::from(at);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),

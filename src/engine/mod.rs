@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`policy`]: ebb's own metadata keys (`pollingInterval`, `outputMode`, replica knobs).
 //! - [`decision`]: pure decision functions with an injected clock.
-//! - [`source`]: one poll task per distinct source key; backoff, jitter, publication.
+//! - [`source`]: one poll task per distinct source key, on a wall-clock grid; backoff, publication.
 //! - [`trigger`]: one tracked ScaledObject trigger and its decision state.
 //!
 //! A request names a trigger by (namespace, name, metadata). The first request for it parses
@@ -56,8 +56,6 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// How often idle triggers and sources are swept.
     pub sweep_every: Duration,
-    /// Poll delays vary by ± this fraction.
-    pub jitter: f64,
     /// `--min-polling-interval`: a trigger asking for a shorter `pollingInterval` gets this, so
     /// one caller cannot make ebb hammer a source every trigger sharing it depends on.
     pub min_polling_interval: Duration,
@@ -113,7 +111,6 @@ impl Default for EngineConfig {
             throttle_backoff: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             sweep_every: Duration::from_secs(10),
-            jitter: 0.1,
             min_polling_interval: DEFAULT_MIN_POLLING_INTERVAL,
             limits: Limits::default(),
             access: Access::default(),
@@ -174,6 +171,8 @@ struct Inner {
     auth_refs: Option<Arc<dyn AuthRefResolver>>,
     metrics: Arc<Metrics>,
     epoch: Instant,
+    /// The wall clock the poll grid runs on.
+    clock: source::WallClock,
     /// Triggers by [`trigger::trigger_hash`]; a bucket holds the rare collisions.
     triggers: RwLock<HashMap<u64, Vec<Arc<Trigger>>>>,
     sources: Mutex<HashMap<SourceKey, Arc<Source>>>,
@@ -217,6 +216,7 @@ impl Engine {
                 auth_refs: None,
                 metrics,
                 epoch: Instant::now(),
+                clock: source::WallClock::new(),
                 triggers: RwLock::new(HashMap::new()),
                 sources: Mutex::new(HashMap::new()),
                 closing: tokio::sync::watch::Sender::new(false),
@@ -442,6 +442,7 @@ impl Engine {
             self.inner.config.clone(),
             self.inner.metrics.clone(),
             self.inner.poll_permits.clone(),
+            self.inner.clock,
         );
         tokio::spawn(task);
         info!(source = %source.key, scaler = source.scaler_type, "polling new source");

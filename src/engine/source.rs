@@ -3,10 +3,22 @@
 //! The task folds every successful measurement into the decision state of each trigger that
 //! uses the source (so the history a decision needs is complete whatever the RPC timing),
 //! then publishes a new [`SourceStatus`] on a `watch` channel that requests and streams read.
+//!
+//! # The poll grid
+//!
+//! Every ebb replica must give KEDA the same answer, with no coordination between them. So a
+//! source is polled on a wall-clock grid, `t = k × interval + offset` in Unix time, where the
+//! offset comes from the source's public key ([`grid_offset`]: the same in every process, and
+//! spread evenly over the interval across sources). Each poll asks for the value at its tick
+//! ([`Poller::poll_at`]: Prometheus evaluates the query at that time) and is folded at the tick's
+//! time, so replicas whose clocks agree (NTP) fold the same observations at the same timestamps
+//! and decide alike. The first poll of a new source is made at once, for now (a request is
+//! waiting, and the tick just past may predate what the caller expects to see); a retry after a
+//! failure likewise polls at once, and the schedule returns to the grid after the next success.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ebb_scalers::{Measurement, PollError, Poller, SourceKey};
 use tokio::sync::Semaphore;
@@ -32,6 +44,8 @@ pub struct SourceStatus {
 /// A polled source, shared by every trigger with the same [`SourceKey`].
 pub struct Source {
     pub key: SourceKey,
+    /// [`SourceKey::public_part`]: what the grid offset is derived from.
+    seed: String,
     pub scaler_type: &'static str,
     poller: Arc<dyn Poller>,
     poll_timeout: Duration,
@@ -51,6 +65,7 @@ impl Source {
         interval: Duration,
     ) -> Self {
         Self {
+            seed: key.public_part(),
             key,
             scaler_type,
             poller,
@@ -104,11 +119,78 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The wall clock as the engine reads it: a wall-clock reading taken with a monotonic one, then
+/// advanced by the monotonic clock (so tests on tokio's paused clock step both).
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    wall: SystemTime,
+    mono: Instant,
+}
+
+impl WallClock {
+    pub fn new() -> Self {
+        Self { wall: SystemTime::now(), mono: Instant::now() }
+    }
+
+    /// Time since the Unix epoch at `at`.
+    pub fn unix(&self, at: Instant) -> Duration {
+        let since = self.wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if at >= self.mono { since + (at - self.mono) } else { since.saturating_sub(self.mono - at) }
+    }
+
+    /// The monotonic instant of Unix time `t`.
+    pub fn instant(&self, t: Duration) -> Instant {
+        let since = self.wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if t >= since { self.mono + (t - since) } else { self.mono.checked_sub(since - t).unwrap_or(self.mono) }
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where a source sits on its interval's grid: FNV-1a (stable across processes and builds) of
+/// its public key, modulo the interval. Spreads thousands of sources evenly over the interval.
+pub fn grid_offset(seed: &str, interval: Duration) -> Duration {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let period = interval.as_nanos().max(1);
+    Duration::from_nanos((u128::from(h) % period) as u64)
+}
+
+/// The latest grid tick at or before `now` (both Unix time).
+pub fn last_tick(now: Duration, interval: Duration, offset: Duration) -> Duration {
+    let (now, period, offset) = (now.as_nanos(), interval.as_nanos().max(1), offset.as_nanos());
+    let k = now.saturating_sub(offset) / period;
+    Duration::from_nanos(u64::try_from(k * period + offset).unwrap_or(u64::MAX)).min(Duration::from_nanos(now as u64))
+}
+
+/// The first grid tick strictly after `now` (both Unix time).
+pub fn next_tick(now: Duration, interval: Duration, offset: Duration) -> Duration {
+    let last = last_tick(now, interval, offset);
+    let next = last + interval.max(Duration::from_nanos(1));
+    if next > now { next } else { next + interval }
+}
+
 /// The poll loop of one source; ends when the source is stopped.
-pub async fn run(source: Arc<Source>, config: EngineConfig, metrics: Arc<Metrics>, permits: Arc<Semaphore>) {
+pub async fn run(
+    source: Arc<Source>,
+    config: EngineConfig,
+    metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+    clock: WallClock,
+) {
     let labels = ScalerLabels { scaler: source.scaler_type.to_string() };
     let mut failures: u32 = 0;
+    // The tick this poll is for: the scheduled one, or now for the first poll and retries.
+    let mut tick: Option<Duration> = None;
     while !source.stopped.load(Ordering::Relaxed) {
+        let tick_at = tick.take().unwrap_or_else(|| clock.unix(Instant::now()));
         let span = info_span!("poll", scaler = source.scaler_type, source = %source.key);
         // `--max-concurrent-polls`: waits here when that many polls are in flight.
         let permit = permits.acquire().await.ok();
@@ -117,17 +199,28 @@ pub async fn run(source: Arc<Source>, config: EngineConfig, metrics: Arc<Metrics
         // The poller enforces its own timeout; this outer bound only guards against a poller
         // that does not, so a poll can never hang the source.
         let outer = source.poll_timeout + Duration::from_secs(1);
-        let result = match tokio::time::timeout(outer, source.poller.poll()).instrument(span.clone()).await {
+        let poll = source.poller.poll_at(UNIX_EPOCH + tick_at);
+        let result = match tokio::time::timeout(outer, poll).instrument(span.clone()).await {
             Ok(r) => r,
             Err(_) => Err(PollError::Timeout(source.poll_timeout)),
         };
         drop(permit);
         let took = started.elapsed();
         metrics.poll_duration_seconds.get_or_create(&labels).observe(took.as_secs_f64());
-        let delay = span.in_scope(|| publish(&source, result, took, &mut failures, &config, &metrics));
-        let delay = jitter(delay, config.jitter);
+        let ok = result.is_ok();
+        let at = clock.instant(tick_at);
+        let delay = span.in_scope(|| publish(&source, result, at, took, &mut failures, &config, &metrics));
+        let now = Instant::now();
+        let wake = if ok {
+            // Back on the grid: the next tick after now (a slow poll skips the ticks it overran).
+            let next = next_tick(clock.unix(now), source.interval(), grid_offset(&source.seed, source.interval()));
+            tick = Some(next);
+            clock.instant(next)
+        } else {
+            now + delay
+        };
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             _ = source.stop.notified() => break,
         }
     }
@@ -137,6 +230,7 @@ pub async fn run(source: Arc<Source>, config: EngineConfig, metrics: Arc<Metrics
 fn publish(
     source: &Source,
     result: Result<Measurement, PollError>,
+    at: Instant,
     took: Duration,
     failures: &mut u32,
     config: &EngineConfig,
@@ -148,7 +242,6 @@ fn publish(
                 debug!(after_failures = *failures, "source recovered");
             }
             *failures = 0;
-            let at = Instant::now();
             // Folding and publishing under the trigger list's lock: a trigger attaching
             // meanwhile is either folded here or finds the new measurement (see `attach`).
             let triggers = source.triggers.lock().expect("triggers lock");
@@ -201,15 +294,6 @@ pub fn backoff(interval: Duration, failures: u32, error: &PollError, config: &En
     d
 }
 
-/// Spreads polls of many sources so they do not fire in step.
-fn jitter(d: Duration, fraction: f64) -> Duration {
-    if fraction <= 0.0 {
-        return d;
-    }
-    let f = 1.0 + fraction * (fastrand::f64() * 2.0 - 1.0);
-    d.mul_f64(f)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,11 +320,49 @@ mod tests {
         assert_eq!(backoff(Duration::from_secs(5), 3, &other, &zero), RETRY_BASE);
     }
 
+    /// Issue 15: the grid is the same in every process, ticks land on it, and offsets spread
+    /// 10,000 sources evenly over the interval (no thundering herd at the boundary).
     #[test]
-    fn jitter_stays_within_bounds() {
-        for _ in 0..1000 {
-            let d = jitter(Duration::from_secs(10), 0.1);
-            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11), "{d:?}");
+    fn grid_ticks_are_shared_and_offsets_spread_evenly() {
+        let i = Duration::from_secs(5);
+        let off = grid_offset("prometheus|{\"query\":\"up\"}", i);
+        assert_eq!(off, grid_offset("prometheus|{\"query\":\"up\"}", i), "stable");
+        assert!(off < i);
+        let now = Duration::from_secs(1_764_600_000) + Duration::from_millis(1234);
+        let last = last_tick(now, i, off);
+        let next = next_tick(now, i, off);
+        assert!(last <= now && now < next && next - last == i, "{last:?} {now:?} {next:?}");
+        assert_eq!((last.as_nanos() - off.as_nanos()) % i.as_nanos(), 0, "on the grid");
+        // Exactly on a tick: that tick is the last one, the next one is an interval later.
+        assert_eq!(last_tick(last, i, off), last);
+        assert_eq!(next_tick(last, i, off), last + i);
+
+        // Spread: 10,000 sources into 10 buckets of 0.5 s: each within 15 % of the mean, and no
+        // 50 ms slice holds more than twice its share.
+        let offsets: Vec<Duration> = (0..10_000)
+            .map(|n| grid_offset(&format!("azure-queue|https://acct{n}.queue.core.windows.net|orders|all|identity"), i))
+            .collect();
+        let mut buckets = [0usize; 10];
+        let mut slices = [0usize; 100];
+        for o in &offsets {
+            buckets[(o.as_millis() / 500) as usize] += 1;
+            slices[(o.as_millis() / 50) as usize] += 1;
         }
+        eprintln!(
+            "sources per 0.5 s of a 5 s interval: {buckets:?}; busiest 50 ms slice: {}",
+            slices.iter().max().unwrap()
+        );
+        assert!(buckets.iter().all(|&b| (850..=1150).contains(&b)), "{buckets:?}");
+        assert!(*slices.iter().max().unwrap() <= 200, "{slices:?}");
+    }
+
+    #[test]
+    fn wall_clock_round_trips() {
+        let c = WallClock::new();
+        let now = Instant::now();
+        let unix = c.unix(now);
+        let back = c.instant(unix);
+        assert!(back.max(now) - back.min(now) < Duration::from_micros(2), "{back:?} {now:?}");
+        assert_eq!(c.unix(now + Duration::from_secs(3)), unix + Duration::from_secs(3));
     }
 }

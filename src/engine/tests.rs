@@ -167,7 +167,7 @@ async fn distinct_sources_poll_separately_and_thresholds_stay_per_trigger() {
 #[tokio::test(start_paused = true)]
 async fn source_polls_at_the_smallest_interval_asked() {
     let src = fake("interval");
-    let config = EngineConfig { jitter: 0.0, min_polling_interval: Duration::from_millis(100), ..Default::default() };
+    let config = EngineConfig { min_polling_interval: Duration::from_millis(100), ..Default::default() };
     let e = engine_with(config);
     let slow = e.resolve("ns", "slow", &md(&[("source", "interval"), ("pollingInterval", "10")]), None).await.unwrap();
     e.decide(&slow).await.unwrap();
@@ -193,14 +193,16 @@ async fn slow_first_poll_answers_unavailable_within_the_bound() {
     // The poll went on in the background; the next request finds it done.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(e.decide(&t).await.unwrap().metric, 0.0);
-    assert_eq!(src.polls(), 1);
+    // One poll, or two if the source's next grid tick already came (it may fall anywhere in
+    // the 5 s interval).
+    assert!((1..=2).contains(&src.polls()), "{}", src.polls());
 }
 
 #[tokio::test(start_paused = true)]
 async fn last_good_value_serves_until_stale_then_unavailable_then_recovers() {
     let src = fake("stale");
     src.set(Ok(12.0));
-    let config = EngineConfig { jitter: 0.0, max_staleness: Duration::from_secs(20), ..EngineConfig::default() };
+    let config = EngineConfig { max_staleness: Duration::from_secs(20), ..EngineConfig::default() };
     let e = engine_with(config);
     let t = e.resolve("ns", "so", &md(&[("source", "stale"), ("pollingInterval", "1")]), None).await.unwrap();
     assert_eq!(e.decide(&t).await.unwrap().metric, 12.0);
@@ -224,7 +226,7 @@ async fn failing_source_retries_within_its_interval_and_throttling_backs_off_lon
     failing.set(Err(PollError::Http { status: 500, detail: "boom".into() }));
     let throttled = fake("throttled");
     throttled.set(Err(PollError::Throttled { detail: "HTTP 429".into(), retry_after: None }));
-    let e = engine_with(EngineConfig { jitter: 0.0, ..EngineConfig::default() });
+    let e = engine_with(EngineConfig::default());
     let a = e.resolve("ns", "a", &md(&[("source", "backoff"), ("pollingInterval", "10")]), None).await.unwrap();
     let b = e.resolve("ns", "b", &md(&[("source", "throttled"), ("pollingInterval", "1")]), None).await.unwrap();
     assert!(e.decide(&a).await.is_err());
@@ -250,7 +252,7 @@ async fn invalid_metadata_names_the_key() {
 #[tokio::test(start_paused = true)]
 async fn idle_triggers_are_dropped_and_their_source_stops() {
     let src = fake("idle");
-    let e = engine_with(EngineConfig { jitter: 0.0, idle_timeout: Duration::from_secs(60), ..EngineConfig::default() });
+    let e = engine_with(EngineConfig { idle_timeout: Duration::from_secs(60), ..EngineConfig::default() });
     let t = e.resolve("ns", "so", &md(&[("source", "idle"), ("pollingInterval", "1")]), None).await.unwrap();
     e.decide(&t).await.unwrap();
     drop(t);
@@ -285,7 +287,7 @@ async fn replicas_mode_history_is_folded_by_the_poll_task() {
     // every poll (cooldown counted from the last active one), not just the latest.
     let src = fake("history");
     src.set(Ok(55.0));
-    let e = engine_with(EngineConfig { jitter: 0.0, ..EngineConfig::default() });
+    let e = engine_with(EngineConfig::default());
     let meta =
         md(&[("source", "history"), ("pollingInterval", "1"), ("outputMode", "replicas"), ("cooldownPeriod", "10")]);
     let t = e.resolve("ns", "so", &meta, None).await.unwrap();
@@ -371,7 +373,7 @@ async fn access_policy_gates_named_secrets_and_authentication_refs() {
 #[tokio::test(start_paused = true)]
 async fn polling_interval_has_a_floor() {
     let src = fake("floor");
-    let e = engine_with(EngineConfig { jitter: 0.0, ..Default::default() });
+    let e = engine_with(EngineConfig::default());
     assert_eq!(e.config().min_polling_interval, Duration::from_secs(1));
     let t = e.resolve("ns", "so", &md(&[("source", "floor"), ("pollingInterval", "0.001")]), None).await.unwrap();
     e.decide(&t).await.unwrap();

@@ -171,7 +171,7 @@ pub fn fingerprint(secret: &str) -> String {
         out
     });
     let digest = Sha256::new().chain_update(salt).chain_update(secret.as_bytes()).finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::fingerprint_text(&digest)
 }
 
 /// ebb's own identity for a token that will be sent to `target`. The engine has checked the
@@ -283,6 +283,6 @@ mod tests {
     fn fingerprints_match_for_equal_secrets_only() {
         assert_eq!(fingerprint("a"), fingerprint("a"));
         assert_ne!(fingerprint("a"), fingerprint("b"));
-        assert_eq!(fingerprint("a").len(), 16);
+        assert_eq!(fingerprint("a").len(), 19);
     }
 }
