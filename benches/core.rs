@@ -20,6 +20,7 @@ fn bench_decision(c: &mut Criterion) {
         max_scale_up_step: Some(4),
         scale_down_stabilization: Duration::from_secs(300),
         cooldown: Duration::from_secs(300),
+        rule: ebb::engine::policy::Rule::Backlog,
     };
     let t0 = Instant::now();
     let mut state = DecisionState::new();

@@ -34,6 +34,23 @@ pub struct CheckReport {
     pub ignored_as_kedas: Vec<String>,
     /// Whose `unsafeSsl` it was.
     pub unsafe_ssl: &'static str,
+    /// `policy`: `backlog` or `drain`.
+    pub policy: &'static str,
+    /// `policy: drain`'s estimates and reason.
+    pub drain: Option<DrainReport>,
+}
+
+/// What `policy: drain` estimated from the check's poll.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainReport {
+    pub mode: &'static str,
+    /// λ̂, messages/s (none from a single poll).
+    pub arrival_rate: Option<f64>,
+    /// μ̂, messages/s per replica (configured, learned or the fallback).
+    pub throughput: Option<f64>,
+    /// The rule that bound the count.
+    pub reason: String,
+    pub note: &'static str,
 }
 
 /// The `serve` settings a check applies.
@@ -114,8 +131,22 @@ pub async fn run(sent: &HashMap<String, String>, opts: &CheckOptions) -> Result<
     let poll_ms = started.elapsed().as_secs_f64() * 1e3;
     let now = Instant::now();
     let mut state = DecisionState::new();
-    decision::observe(&mut state, &options.policy, scaler.evaluate(&m), now);
+    let counters = scaler.counters(&m);
+    decision::observe_with(&mut state, &options.policy, scaler.evaluate(&m), counters, now);
     let d = decision::decide(&state, &options.policy, now).expect("one observation was folded");
+    let drain = match &options.policy.rule {
+        crate::engine::policy::Rule::Backlog => None,
+        crate::engine::policy::Rule::Drain(_) => {
+            let e = state.drain_estimates();
+            Some(DrainReport {
+                mode: if e.full { "full: arrivals and processed counters" } else { "queue: backlog only" },
+                arrival_rate: e.arrival_rate,
+                throughput: e.throughput,
+                reason: state.drain_reason().map(|r| format!("{r:?}")).unwrap_or_default(),
+                note: "one poll shows no rate: serve estimates λ over rateWindowShortSeconds/rateWindowLongSeconds",
+            })
+        }
+    };
     let target = match options.policy.output_mode {
         OutputMode::Metric => scaler.target(),
         OutputMode::Replicas => 1.0,
@@ -145,6 +176,11 @@ pub async fn run(sent: &HashMap<String, String>, opts: &CheckOptions) -> Result<
         },
         ignored_as_kedas: view.ignored.clone(),
         unsafe_ssl: view.unsafe_ssl.describe(),
+        policy: match options.policy.rule {
+            crate::engine::policy::Rule::Backlog => "backlog",
+            crate::engine::policy::Rule::Drain(_) => "drain",
+        },
+        drain,
     })
 }
 
@@ -166,6 +202,14 @@ impl std::fmt::Display for CheckReport {
             writeln!(f, "ignored (KEDA's)  {}", self.ignored_as_kedas.join(", "))?;
         }
         writeln!(f, "unsafeSsl         {}", self.unsafe_ssl)?;
+        writeln!(f, "policy            {}", self.policy)?;
+        if let Some(d) = &self.drain {
+            let n = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+            writeln!(f, "drain mode        {}", d.mode)?;
+            writeln!(f, "arrival rate      {} msg/s ({})", n(d.arrival_rate), d.note)?;
+            writeln!(f, "throughput        {} msg/s per replica", n(d.throughput))?;
+            writeln!(f, "decided by        {}", d.reason)?;
+        }
         write!(f, "poll took         {:.1} ms", self.poll_ms)
     }
 }

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub triggers: Gauge,
     pub metric_value: Family<ScaledObjectLabels, Gauge<f64, AtomicU64>>,
     pub desired_replicas: Family<ScaledObjectLabels, Gauge>,
+    /// `policy: drain`'s estimates per trigger.
+    pub arrival_rate: Family<ScaledObjectLabels, Gauge<f64, AtomicU64>>,
+    pub throughput_per_replica: Family<ScaledObjectLabels, Gauge<f64, AtomicU64>>,
+    pub ready_replicas_estimate: Family<ScaledObjectLabels, Gauge>,
 }
 
 impl Metrics {
@@ -66,6 +70,9 @@ impl Metrics {
             triggers: Gauge::default(),
             metric_value: Family::default(),
             desired_replicas: Family::default(),
+            arrival_rate: Family::default(),
+            throughput_per_replica: Family::default(),
+            ready_replicas_estimate: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ebb");
         r.register("poll_duration_seconds", "Duration of source polls", m.poll_duration_seconds.clone());
@@ -85,6 +92,21 @@ impl Metrics {
             "scaledobject_desired_replicas",
             "ebb's desired replica count per ScaledObject trigger",
             m.desired_replicas.clone(),
+        );
+        r.register(
+            "scaledobject_arrival_rate_per_second",
+            "policy: drain: estimated arrival rate (messages/s) per ScaledObject trigger",
+            m.arrival_rate.clone(),
+        );
+        r.register(
+            "scaledobject_throughput_per_replica_per_second",
+            "policy: drain: per-replica throughput (messages/s) used per ScaledObject trigger",
+            m.throughput_per_replica.clone(),
+        );
+        r.register(
+            "scaledobject_ready_replicas_estimate",
+            "policy: drain: replicas ebb counts as ready (asked for at least startupSeconds ago)",
+            m.ready_replicas_estimate.clone(),
         );
         m
     }

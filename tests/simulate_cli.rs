@@ -15,8 +15,8 @@ fn simulate_json_has_both_policies_with_their_figures() {
     assert_eq!(report["duration_s"], 3600);
     let policies = report["policies"].as_array().expect("policies");
     let names: Vec<&str> = policies.iter().map(|p| p["policy"].as_str().unwrap()).collect();
-    assert_eq!(names, ["keda-default", "ebb"]);
-    for p in policies {
+    assert_eq!(names, ["keda-default", "ebb", "ebb-backlog", "lower-bound"]);
+    for p in policies.iter().filter(|p| p["policy"] != "lower-bound") {
         for field in [
             "replica_seconds",
             "wait_p50_s",
@@ -30,6 +30,7 @@ fn simulate_json_has_both_policies_with_their_figures() {
         ] {
             assert!(p[field].is_number(), "{}: {field} = {}", p["policy"], p[field]);
         }
+        assert!(p["x_lower_bound"].as_f64().unwrap() >= 1.0, "{}", p["policy"]);
         assert_eq!(p["cold_starts"], 2, "two spikes in an hour, each after idle");
     }
     // ebb wakes within one 5 s poll plus the 20 s start-up; KEDA waits for its 30 s poll.

@@ -51,6 +51,7 @@ fuzz_target!(|input: Input| {
         max_scale_up_step: input.step.map(|s| s.max(1)),
         scale_down_stabilization: Duration::from_millis(input.stabilization_ms % MAX_WINDOW_MS),
         cooldown: Duration::from_millis(input.cooldown_ms % MAX_WINDOW_MS),
+        rule: ebb::engine::policy::Rule::Backlog,
     };
     let floor = policy.min_replicas.max(1).min(policy.max_replicas);
     let recommendation = |e: Evaluation| {

@@ -101,6 +101,18 @@ impl Measurement {
     }
 }
 
+/// Cumulative counters a log-like source shows besides its backlog, for rate-aware decisions
+/// (`policy: drain`): read from the same poll, over the partitions the trigger counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    /// Everything that ever arrived (Kafka: Σ log-end offsets).
+    pub arrivals: Option<f64>,
+    /// Everything ever processed (Kafka: Σ committed offsets).
+    pub processed: Option<f64>,
+    /// Most consumers that can work at once (partitions), when more would idle.
+    pub max_consumers: Option<u32>,
+}
+
 /// A measurement read through one trigger's thresholds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Evaluation {
@@ -247,6 +259,11 @@ pub trait Scaler: Send + Sync + fmt::Debug {
     /// scaler that uses neither keeps the default.
     fn held(&self) -> Vec<trust::Held> {
         Vec::new()
+    }
+    /// The counters this trigger reads from a measurement; none by default (a queue shows its
+    /// backlog only).
+    fn counters(&self, _m: &Measurement) -> Counters {
+        Counters::default()
     }
 }
 

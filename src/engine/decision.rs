@@ -19,6 +19,9 @@
 //!   With no activity ever seen, the time is counted from this replica's first observation,
 //!   so a replica that just started never decides zero early.
 //!
+//! With `policy: drain` the count comes from [`super::drain`] instead (the rules above are
+//! `policy: backlog`, the default).
+//!
 //! For `outputMode: metric` the metric and activity are KEDA's own (HPA and KEDA do the rest);
 //! the desired count is still computed, for `/metrics` and `ebb check`.
 
@@ -28,7 +31,10 @@ use std::time::Duration;
 use ebb_scalers::Evaluation;
 use tokio::time::Instant;
 
-use super::policy::{OutputMode, Policy};
+use super::drain::{self, Bounds, DrainState, Sample};
+use super::policy::{OutputMode, Policy, Rule};
+
+pub use ebb_scalers::Counters;
 
 /// What a trigger answers right now.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,6 +59,8 @@ pub struct DecisionState {
     /// The decision at the previous observation, the base for `maxScaleUpStep`.
     previous_desired: Option<u32>,
     last_desired: Option<u32>,
+    /// `policy: drain`'s history.
+    drain: DrainState,
 }
 
 impl DecisionState {
@@ -64,10 +72,42 @@ impl DecisionState {
     pub fn latest(&self) -> Option<Evaluation> {
         self.latest.map(|(_, e)| e)
     }
+
+    /// `policy: drain`'s estimates at the latest observation.
+    pub fn drain_estimates(&self) -> drain::Estimates {
+        self.drain.estimates
+    }
+
+    /// The rule that bound `policy: drain`'s latest decision.
+    pub fn drain_reason(&self) -> Option<drain::Reason> {
+        self.drain.desired().map(|(_, r)| r)
+    }
 }
 
 /// Folds an evaluation taken at `at` into the state.
 pub fn observe(state: &mut DecisionState, policy: &Policy, eval: Evaluation, at: Instant) {
+    observe_with(state, policy, eval, Counters::default(), at);
+}
+
+/// [`observe`] with the counters the poll carried (used by `policy: drain`).
+pub fn observe_with(state: &mut DecisionState, policy: &Policy, eval: Evaluation, counters: Counters, at: Instant) {
+    if let Rule::Drain(cfg) = &policy.rule {
+        let bounds = Bounds {
+            min: policy.min_replicas,
+            max: counters.max_consumers.map_or(policy.max_replicas, |c| policy.max_replicas.min(c.max(1))),
+            max_step: policy.max_scale_up_step,
+            cooldown: policy.cooldown,
+            target: policy.target,
+        };
+        // With both counters the backlog is their difference: the scaler's metric may be capped
+        // (Kafka: partitions × lagThreshold) where the policy needs the work itself.
+        let backlog = match (counters.arrivals, counters.processed) {
+            (Some(e), Some(c)) => (e - c).max(0.0),
+            _ => sanitize(eval.metric),
+        };
+        let sample = Sample { at, backlog, arrivals: counters.arrivals, processed: counters.processed };
+        drain::observe(&mut state.drain, cfg, &bounds, sample);
+    }
     state.first_seen.get_or_insert(at);
     if eval.active {
         state.last_active = Some(at);
@@ -110,6 +150,10 @@ fn recommendation(policy: &Policy, eval: Evaluation) -> u32 {
 
 fn desired_replicas(state: &DecisionState, policy: &Policy, now: Instant) -> u32 {
     let Some((_, latest)) = state.latest else { return 0 };
+    if let Rule::Drain(_) = policy.rule {
+        // Decided at the observation: missing data never moves it (held until polls resume).
+        return state.drain.desired().map_or(0, |(d, _)| d);
+    }
     if policy.min_replicas == 0 && !latest.active {
         let quiet_since = state.last_active.or(state.first_seen).unwrap_or(now);
         if now.saturating_duration_since(quiet_since) >= policy.cooldown {
@@ -166,6 +210,7 @@ mod tests {
             max_scale_up_step: None,
             scale_down_stabilization: Duration::ZERO,
             cooldown: secs(60),
+            rule: Rule::Backlog,
         }
     }
 

@@ -11,6 +11,7 @@
 //! and waits, bounded, for the source's first poll; every later request answers from memory.
 
 pub mod decision;
+pub mod drain;
 pub mod keda_keys;
 pub mod policy;
 pub mod source;

@@ -10,11 +10,21 @@
 //! | `scaleDownStabilizationSeconds` | 300 | `replicas` mode: the highest recommendation in this window wins (HPA's default) |
 //! | `cooldownPeriod` | 300 | `replicas` mode: seconds without activity before ebb decides zero (KEDA's default) |
 //! | `metricName` | `<scalerType>-<hash>` | the metric name served to KEDA (no `s<i>-` prefix) |
+//! | `policy` | `backlog` | `replicas` mode: `backlog` (`ceil(metric / threshold)`, HPA-like) or `drain` (rate-aware, [`super::drain`]) |
+//! | `throughputPerReplica` | learned | `drain`: messages/s one replica processes |
+//! | `drainSeconds` | 10 | `drain`: time to drain a backlog |
+//! | `targetUtilization` | 0.9 | `drain`: share of a replica's throughput to plan for, in (0, 1] |
+//! | `startupSeconds` | 30 | `drain`: from asking for a replica to it processing |
+//! | `rateWindowShortSeconds`, `rateWindowLongSeconds` | 10, 60 | `drain`: arrival-rate windows |
+//! | `downWindowSeconds` | 60 | `drain`: the highest recommendation in this window bounds a scale-down |
+//! | `stallPolls` | 3 | `drain`: polls without progress, with work waiting, before ebb holds the count |
 
 use std::time::Duration;
 
 use ebb_scalers::metadata::collect;
 use ebb_scalers::{ConfigError, ConfigErrors, Metadata};
+
+use super::drain::DrainConfig;
 
 pub const DEFAULT_POLLING_INTERVAL: Duration = Duration::from_secs(5);
 /// KEDA's `maxReplicaCount` default.
@@ -44,6 +54,18 @@ pub struct Policy {
     pub max_scale_up_step: Option<u32>,
     pub scale_down_stabilization: Duration,
     pub cooldown: Duration,
+    /// How `replicas` mode sizes.
+    pub rule: Rule,
+}
+
+/// `policy`: how `outputMode: replicas` turns observations into a count.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Rule {
+    /// `ceil(metric / threshold)` with stabilization: the HPA's loop.
+    #[default]
+    Backlog,
+    /// Rate-aware sizing ([`super::drain`]).
+    Drain(DrainConfig),
 }
 
 impl Policy {
@@ -57,6 +79,7 @@ impl Policy {
             max_scale_up_step: None,
             scale_down_stabilization: DEFAULT_STABILIZATION,
             cooldown: DEFAULT_COOLDOWN,
+            rule: Rule::Backlog,
         }
     }
 }
@@ -102,6 +125,7 @@ pub fn parse(md: &Metadata<'_>, target: f64) -> Result<TriggerOptions, ConfigErr
     {
         errs.push(ConfigError::new("metricName", "may hold only letters, digits, '-', '_' and '.'"));
     }
+    let rule = collect(&mut errs, rule(md)).unwrap_or_default();
     errs.into_result()?;
     Ok(TriggerOptions {
         polling_interval,
@@ -113,9 +137,50 @@ pub fn parse(md: &Metadata<'_>, target: f64) -> Result<TriggerOptions, ConfigErr
             max_scale_up_step,
             scale_down_stabilization,
             cooldown,
+            rule,
         },
         metric_name,
     })
+}
+
+/// `policy` and the `drain` keys.
+fn rule(md: &Metadata<'_>) -> Result<Rule, ConfigError> {
+    if md.one_of("policy", &["backlog", "drain"])? != Some("drain") {
+        return Ok(Rule::Backlog);
+    }
+    let d = DrainConfig::default();
+    let positive = |key: &str| -> Result<Option<f64>, ConfigError> {
+        match md.f64(key)? {
+            Some(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+            Some(v) => Err(ConfigError::new(key, format!("{v} must be greater than 0"))),
+            None => Ok(None),
+        }
+    };
+    let secs = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
+        Ok(positive(key)?.map_or(default, Duration::from_secs_f64))
+    };
+    let utilization = positive("targetUtilization")?.unwrap_or(d.utilization);
+    if utilization > 1.0 {
+        return Err(ConfigError::new("targetUtilization", format!("{utilization} must be at most 1")));
+    }
+    let stall_polls = md.u32("stallPolls")?.unwrap_or(d.stall_polls);
+    if stall_polls == 0 {
+        return Err(ConfigError::new("stallPolls", "must be at least 1"));
+    }
+    Ok(Rule::Drain(DrainConfig {
+        throughput: positive("throughputPerReplica")?,
+        drain: secs("drainSeconds", d.drain)?,
+        utilization,
+        startup: md
+            .get("startupSeconds")
+            .map_or(Ok(d.startup), |_| non_negative_seconds(md, "startupSeconds").map(|s| s.unwrap_or(d.startup)))?,
+        short: secs("rateWindowShortSeconds", d.short)?,
+        long: secs("rateWindowLongSeconds", d.long)?,
+        down_window: md.get("downWindowSeconds").map_or(Ok(d.down_window), |_| {
+            non_negative_seconds(md, "downWindowSeconds").map(|s| s.unwrap_or(d.down_window))
+        })?,
+        stall_polls,
+    }))
 }
 
 /// Seconds ≥ 0 (0 turns a window off), fractional allowed.

@@ -121,9 +121,20 @@ impl Trigger {
     /// Folds a source measurement taken at `at` into this trigger's history.
     pub fn observe(&self, m: &Measurement, at: Instant) {
         let eval = self.scaler.evaluate(m);
+        let counters = self.scaler.counters(m);
         let decision = {
             let mut s = self.state.lock().expect("decision state lock");
-            decision::observe(&mut s, &self.options.policy, eval, at);
+            decision::observe_with(&mut s, &self.options.policy, eval, counters, at);
+            if let super::policy::Rule::Drain(_) = self.options.policy.rule {
+                let e = s.drain_estimates();
+                if let Some(l) = e.arrival_rate {
+                    self.metrics.arrival_rate.get_or_create(&self.labels).set(l);
+                }
+                if let Some(mu) = e.throughput {
+                    self.metrics.throughput_per_replica.get_or_create(&self.labels).set(mu);
+                }
+                self.metrics.ready_replicas_estimate.get_or_create(&self.labels).set(i64::from(e.ready));
+            }
             decision::decide(&s, &self.options.policy, at)
         };
         if let Some(d) = decision {

@@ -1,13 +1,22 @@
 //! `ebb simulate`: what a scaling policy costs before it ships.
 //!
 //! Replays a workload trace against a model of the consumer (per-replica throughput, pod
-//! start-up delay, maximum replicas) under two policies, second by second with virtual time:
+//! start-up delay, maximum replicas) under several policies, second by second with virtual
+//! time. Each controller sees only what a scaler of the chosen source kind could read, at its
+//! poll times (`--source-kind`: a log shows lag, cumulative arrivals and committed offsets that
+//! move at each commit; a queue shows its length):
 //! - `keda-default`: KEDA's built-in scaler with its defaults, i.e. IsActive polled every
 //!   `pollingInterval` (30 s) for activation from zero, `cooldownPeriod` (300 s) before zero,
 //!   and the HPA syncing every 15 s on the backlog with its 10 % tolerance, 300 s scale-down
 //!   stabilization and default scale-up limit (the larger of +4 pods and +100 % per 15 s);
-//! - `ebb`: `outputMode: replicas` through the server's own decision code
-//!   ([`crate::engine::decision`]), set up as the README recommends (see [`model::Ebb`]).
+//! - `ebb`: `outputMode: replicas`, `policy: drain`, exactly as the README recommends for the
+//!   source kind (trigger keys and the ScaledObject's HPA `behavior`), through the server's own
+//!   decision code ([`crate::engine::decision`]);
+//! - `ebb-configured` (with `--throughput-per-replica`): the same with `throughputPerReplica`;
+//! - `ebb-backlog`: `policy: backlog`, ebb's earlier rule;
+//! - `lower-bound`: perfect foresight ([`model::LowerBound`]).
+//!
+//! `--platform aca` models Container Apps, whose HPA behaviour cannot be changed.
 //!
 //! Reported per policy: replica-seconds, message wait p50/p95/max, peak backlog, scale events,
 //! time to the first ready replica after idle; optionally an SVG chart.
@@ -21,7 +30,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::engine::policy::{self, OutputMode, Policy};
-use model::{Consumer, Ebb, KedaDefault, Outcome};
+use model::{Consumer, Ebb, Hpa, KedaDefault, LowerBound, Outcome, Source, SourceKind};
 use trace::{Trace, TraceKind};
 
 /// Why a simulation could not run.
@@ -87,6 +96,20 @@ pub struct SimulateArgs {
     /// ebb's `cooldownPeriod`.
     #[arg(long, default_value_t = policy::DEFAULT_COOLDOWN.as_secs())]
     pub ebb_cooldown: u64,
+    /// What a poll of the source shows: `queue` (backlog only) or `log` (lag, cumulative
+    /// arrivals and committed offsets).
+    #[arg(long, value_enum, default_value_t = SourceKind::Queue)]
+    pub source_kind: SourceKind,
+    /// Seconds between the consumers' commits (`log`): committed offsets move only then.
+    #[arg(long, default_value_t = 5)]
+    pub commit_interval: u64,
+    /// Add an `ebb-configured` row with `throughputPerReplica` set to this (msg/s).
+    #[arg(long)]
+    pub throughput_per_replica: Option<f64>,
+    /// `aks` (the README's HPA `behavior` for ebb) or `aca` (Container Apps: scale-up at most
+    /// max(4, 2×) per 15 s and 300 s scale-down stabilization, not configurable).
+    #[arg(long, value_enum, default_value_t = Platform::Aks)]
+    pub platform: Platform,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -107,12 +130,22 @@ impl Default for SimulateArgs {
     }
 }
 
+/// Where the HPA runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Platform {
+    Aks,
+    Aca,
+}
+
 /// The result of one run: the trace, the settings and one outcome per policy.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
     pub trace: String,
     pub duration_s: u64,
     pub messages: u64,
+    /// Work-conserving floor: all messages ÷ throughput, in replica-seconds.
+    pub work_floor_replica_seconds: u64,
     pub settings: Settings,
     pub policies: Vec<Outcome>,
 }
@@ -132,6 +165,10 @@ pub struct Settings {
     pub ebb_max_scale_up_step: Option<u32>,
     pub ebb_scale_down_stabilization_s: u64,
     pub ebb_cooldown_s: u64,
+    pub source_kind: SourceKind,
+    pub commit_interval_s: u64,
+    pub throughput_per_replica: Option<f64>,
+    pub platform: Platform,
 }
 
 fn flag(flag: &'static str, reason: impl Into<String>) -> SimulateError {
@@ -161,6 +198,12 @@ impl SimulateArgs {
         if self.max_replicas == 0 {
             return Err(flag("max-replicas", "must be at least 1"));
         }
+        if let Some(t) = self.throughput_per_replica {
+            positive("throughput-per-replica", t)?;
+        }
+        if self.commit_interval == 0 {
+            return Err(flag("commit-interval", "must be at least 1 second"));
+        }
         if self.ebb_max_scale_up_step == Some(0) {
             return Err(flag("ebb-max-scale-up-step", "must be at least 1"));
         }
@@ -186,6 +229,38 @@ impl SimulateArgs {
             ebb_max_scale_up_step: self.ebb_max_scale_up_step,
             ebb_scale_down_stabilization_s: self.ebb_scale_down_stabilization,
             ebb_cooldown_s: self.ebb_cooldown,
+            source_kind: self.source_kind,
+            commit_interval_s: self.commit_interval,
+            throughput_per_replica: self.throughput_per_replica,
+            platform: self.platform,
+        }
+    }
+
+    /// `policy: drain` as the README's ScaledObject for the source kind sets it up: only
+    /// `policy: drain` (and `throughputPerReplica` when given); every other key at its default.
+    fn drain_policy(&self, throughput: Option<f64>) -> Policy {
+        let d = crate::engine::drain::DrainConfig { throughput, ..Default::default() };
+        Policy {
+            scale_down_stabilization: policy::DEFAULT_STABILIZATION,
+            cooldown: policy::DEFAULT_COOLDOWN,
+            max_scale_up_step: None,
+            rule: crate::engine::policy::Rule::Drain(d),
+            ..self.ebb_policy()
+        }
+    }
+
+    /// The HPA in front of ebb: the README's `behavior` (scale-up 900 % or 50 pods per 15 s,
+    /// no scale-down stabilization) on AKS; Container Apps' fixed one on `aca`.
+    fn ebb_hpa(&self, widened: bool) -> Hpa {
+        match self.platform {
+            Platform::Aca => Hpa::new(self.max_replicas, 300),
+            Platform::Aks => {
+                let mut h = Hpa::new(self.max_replicas, 0);
+                if widened {
+                    (h.scale_up_percent, h.scale_up_pods) = (900, 50);
+                }
+                h
+            }
         }
     }
 
@@ -199,6 +274,7 @@ impl SimulateArgs {
             max_scale_up_step: self.ebb_max_scale_up_step,
             scale_down_stabilization: Duration::from_secs(self.ebb_scale_down_stabilization),
             cooldown: Duration::from_secs(self.ebb_cooldown),
+            rule: crate::engine::policy::Rule::Backlog,
         }
     }
 }
@@ -214,21 +290,37 @@ pub fn simulate(args: &SimulateArgs) -> Result<Report, SimulateError> {
 pub fn simulate_trace(args: &SimulateArgs, trace: &Trace) -> Report {
     let consumer =
         Consumer { throughput: args.throughput, startup_delay: args.startup_delay, max_replicas: args.max_replicas };
-    let mut keda = KedaDefault::new(
+    let keda = KedaDefault::new(
         args.keda_polling_interval,
         args.keda_target,
         args.activation_threshold,
         args.cooldown,
         args.max_replicas,
     );
-    let mut ebb =
-        Ebb::new(args.ebb_polling_interval, args.keda_polling_interval, args.activation_threshold, args.ebb_policy());
+    let ebb = |name, policy, hpa| {
+        Ebb::new(name, args.ebb_polling_interval, args.keda_polling_interval, args.activation_threshold, policy, hpa)
+    };
+    let source = Source { kind: args.source_kind, commit_interval: args.commit_interval };
+    let mut rows: Vec<Box<dyn model::Controller>> =
+        vec![Box::new(keda), Box::new(ebb("ebb", args.drain_policy(None), args.ebb_hpa(true)))];
+    if let Some(t) = args.throughput_per_replica {
+        rows.push(Box::new(ebb("ebb-configured", args.drain_policy(Some(t)), args.ebb_hpa(true))));
+    }
+    rows.push(Box::new(ebb("ebb-backlog", args.ebb_policy(), args.ebb_hpa(false))));
+    rows.push(Box::new(LowerBound::new(trace, &consumer)));
+    let mut policies: Vec<Outcome> =
+        rows.iter_mut().map(|c| model::run(trace, &consumer, &source, c.as_mut())).collect();
+    let floor = policies.iter().find(|p| p.policy == "lower-bound").map(|p| p.replica_seconds.max(1));
+    for p in &mut policies {
+        p.x_lower_bound = floor.map(|f| p.replica_seconds as f64 / f as f64);
+    }
     Report {
         trace: trace.name.clone(),
         duration_s: trace.arrivals.len() as u64,
         messages: trace.total(),
+        work_floor_replica_seconds: (trace.total() as f64 / args.throughput).ceil() as u64,
         settings: args.settings(),
-        policies: vec![model::run(trace, &consumer, &mut keda), model::run(trace, &consumer, &mut ebb)],
+        policies,
     }
 }
 
@@ -254,14 +346,24 @@ impl Report {
     pub fn table(&self) -> String {
         let s = &self.settings;
         let mut out = format!(
-            "trace {}: {} s, {} messages; replica: {} msg/s, {} s start-up, max {}\n\n",
-            self.trace, self.duration_s, self.messages, s.throughput, s.startup_delay_s, s.max_replicas
+            "trace {}: {} s, {} messages; replica: {} msg/s, {} s start-up, max {}; source: {:?}; platform: {:?}; \
+             work-conserving floor {} replica-s\n\n",
+            self.trace,
+            self.duration_s,
+            self.messages,
+            s.throughput,
+            s.startup_delay_s,
+            s.max_replicas,
+            s.source_kind,
+            s.platform,
+            self.work_floor_replica_seconds
         );
         let _ = writeln!(
             out,
-            "{:<14} {:>14} {:>9} {:>9} {:>9} {:>12} {:>12} {:>24}",
+            "{:<14} {:>14} {:>8} {:>9} {:>9} {:>9} {:>12} {:>12} {:>24}",
             "policy",
             "replica-s",
+            "×lower",
             "wait p50",
             "wait p95",
             "wait max",
@@ -276,9 +378,10 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<14} {:>14} {:>7} s {:>7} s {:>7} s {:>12} {:>12} {:>24}",
+                "{:<14} {:>14} {:>8} {:>7} s {:>7} s {:>7} s {:>12} {:>12} {:>24}",
                 p.policy,
                 p.replica_seconds,
+                p.x_lower_bound.map_or("-".to_string(), |x| format!("{x:.2}")),
                 p.wait_p50_s,
                 p.wait_p95_s,
                 p.wait_max_s,
@@ -354,14 +457,14 @@ mod tests {
         // the 620 s poll the replicas stay under 1 + one per poll.
         let a = SimulateArgs { ebb_max_scale_up_step: Some(1), duration: Some(1800), ..args("spike-then-idle") };
         let r = simulate(&a).unwrap();
-        let ebb = by_name(&r, "ebb");
+        let ebb = by_name(&r, "ebb-backlog");
         assert_eq!(ebb.replicas[619], 0);
         for t in 620..1800 {
             let polls = (t as u32 - 620) / 5;
             assert!(ebb.replicas[t] <= 1 + polls, "at {t} s: {} replicas after {polls} polls", ebb.replicas[t]);
         }
         let unlimited = simulate(&SimulateArgs { duration: Some(1800), ..args("spike-then-idle") }).unwrap();
-        assert!(by_name(&unlimited, "ebb").wait_p95_s < ebb.wait_p95_s);
+        assert!(by_name(&unlimited, "ebb-backlog").wait_p95_s < ebb.wait_p95_s);
     }
 
     #[test]

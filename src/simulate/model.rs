@@ -13,8 +13,30 @@ use ebb_scalers::Evaluation;
 use tokio::time::Instant;
 
 use super::trace::Trace;
-use crate::engine::decision::{self, DecisionState};
+use crate::engine::decision::{self, Counters, DecisionState};
 use crate::engine::policy::Policy;
+
+/// What a poll of the source can show a controller (`--source-kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// A log (Kafka, Event Hubs): the lag, cumulative arrivals (log-end offsets) and the
+    /// committed offsets, which move only at each commit (`--commit-interval`).
+    Log,
+    /// A queue (Service Bus, Storage Queue): the backlog only.
+    Queue,
+}
+
+/// What the source shows at one second: nothing else of the model leaks to a controller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seen {
+    /// The backlog a scaler reads: the queue's length, or for a log, log-end minus committed.
+    pub backlog: u64,
+    /// Cumulative arrivals, for a log.
+    pub arrivals: Option<u64>,
+    /// Cumulative committed (processed as of the last commit), for a log.
+    pub committed: Option<u64>,
+}
 
 /// The consumer being scaled.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,10 +201,11 @@ impl KedaLoop {
     }
 }
 
-/// Something that sizes the Deployment, called once per simulated second.
+/// Something that sizes the Deployment, called once per simulated second with what the
+/// source shows then.
 pub trait Controller {
     fn name(&self) -> &'static str;
-    fn tick(&mut self, now: u64, backlog: u64, dep: &mut Deployment);
+    fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment);
 }
 
 /// KEDA's default: the built-in scaler polled every `pollingInterval` for activity, the HPA
@@ -219,7 +242,8 @@ impl Controller for KedaDefault {
         "keda-default"
     }
 
-    fn tick(&mut self, now: u64, backlog: u64, dep: &mut Deployment) {
+    fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment) {
+        let backlog = seen.backlog;
         if now.is_multiple_of(self.polling_interval) {
             self.keda.handle(now, backlog as f64 > self.activation_threshold, dep);
         }
@@ -239,6 +263,7 @@ impl Controller for KedaDefault {
 /// ScaledObject's `cooldownPeriod` is 0 (ebb already waited its own).
 #[derive(Debug, Clone)]
 pub struct Ebb {
+    pub name: &'static str,
     pub polling_interval: u64,
     pub keda_polling_interval: u64,
     pub activation_threshold: f64,
@@ -251,7 +276,15 @@ pub struct Ebb {
 }
 
 impl Ebb {
-    pub fn new(polling_interval: u64, keda_polling_interval: u64, activation_threshold: f64, policy: Policy) -> Self {
+    /// `hpa` is the HPA the README's ScaledObject for this policy sets up.
+    pub fn new(
+        name: &'static str,
+        polling_interval: u64,
+        keda_polling_interval: u64,
+        activation_threshold: f64,
+        policy: Policy,
+        hpa: Hpa,
+    ) -> Self {
         // A history of idle polls long enough that ebb has already decided zero at second 0,
         // as KEDA's loop has: both policies start from a settled idle state, not from an ebb
         // restart (which would hold one replica for the cooldown).
@@ -261,14 +294,14 @@ impl Ebb {
         let idle = Evaluation { metric: 0.0, active: false };
         decision::observe(&mut state, &policy, idle, start);
         decision::observe(&mut state, &policy, idle, start + warmup - Duration::from_secs(1));
-        let max = policy.max_replicas;
         Self {
+            name,
             polling_interval,
             keda_polling_interval,
             activation_threshold,
             policy,
             keda: KedaLoop::new(0),
-            hpa: Hpa::new(max, 0),
+            hpa,
             state,
             base: start + warmup,
             pushed: None,
@@ -291,15 +324,20 @@ impl Ebb {
 
 impl Controller for Ebb {
     fn name(&self) -> &'static str {
-        "ebb"
+        self.name
     }
 
-    fn tick(&mut self, now: u64, backlog: u64, dep: &mut Deployment) {
+    fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment) {
         if now.is_multiple_of(self.polling_interval) {
-            let metric = backlog as f64;
+            let metric = seen.backlog as f64;
             let eval = Evaluation { metric, active: metric > self.activation_threshold };
             let at = self.at(now);
-            decision::observe(&mut self.state, &self.policy, eval, at);
+            let counters = Counters {
+                arrivals: seen.arrivals.map(|n| n as f64),
+                processed: seen.committed.map(|n| n as f64),
+                max_consumers: None,
+            };
+            decision::observe_with(&mut self.state, &self.policy, eval, counters, at);
             let active = self.decide(now).active;
             if self.pushed != Some(active) {
                 self.pushed = Some(active);
@@ -314,6 +352,53 @@ impl Controller for Ebb {
             let n = self.hpa.sync(now, self.decide(now).metric, 1.0, dep.replicas);
             dep.scale(now, n);
         }
+    }
+}
+
+/// The lower bound: perfect foresight. At each second it asks for
+/// `ceil((λ + B / 10 s) / μ)` replicas, with `λ` the arrival rate one start-up delay ahead (the
+/// trace's mean over a minute around that time, so they are ready when the work comes) and `B`
+/// the backlog now. No controller that reads the source can know `λ` ahead.
+#[derive(Debug, Clone)]
+pub struct LowerBound {
+    rate: Vec<f64>,
+    throughput: f64,
+    max: u32,
+    startup: u64,
+}
+
+impl LowerBound {
+    pub fn new(trace: &Trace, consumer: &Consumer) -> Self {
+        let a = &trace.arrivals;
+        let mut prefix = vec![0u64; a.len() + 1];
+        for (i, &n) in a.iter().enumerate() {
+            prefix[i + 1] = prefix[i] + n;
+        }
+        let need = (0..a.len())
+            .map(|t| {
+                let (lo, hi) = (t.saturating_sub(30), (t + 30).min(a.len()));
+                (prefix[hi] - prefix[lo]) as f64 / (hi - lo).max(1) as f64
+            })
+            .collect();
+        Self {
+            rate: need,
+            throughput: consumer.throughput,
+            max: consumer.max_replicas,
+            startup: consumer.startup_delay,
+        }
+    }
+}
+
+impl Controller for LowerBound {
+    fn name(&self) -> &'static str {
+        "lower-bound"
+    }
+
+    fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment) {
+        let ahead = (now + self.startup) as usize;
+        let rate = self.rate.get(ahead).or(self.rate.last()).copied().unwrap_or(0.0);
+        let n = ((rate + seen.backlog as f64 / 10.0) / self.throughput).ceil() as u32;
+        dep.scale(now, n.min(self.max));
     }
 }
 
@@ -345,8 +430,9 @@ impl Queue {
     }
 
     /// Serves up to `capacity` messages in second `now`; a message's wait is from its arrival
-    /// second to the second it starts being processed.
-    fn serve(&mut self, now: u64, capacity: f64) {
+    /// second to the second it starts being processed. Returns how many were served.
+    fn serve(&mut self, now: u64, capacity: f64) -> u64 {
+        let before = self.len;
         let cap = capacity + self.carry;
         let mut budget = cap.floor() as u64;
         while budget > 0 {
@@ -362,6 +448,7 @@ impl Queue {
             self.record(now - arrived, n);
         }
         self.carry = if self.len > 0 { cap - cap.floor() } else { 0.0 };
+        before - self.len
     }
 }
 
@@ -383,14 +470,24 @@ pub struct Outcome {
     pub first_replica_max_s: Option<u64>,
     /// Messages still queued at the end; they count in the waits with their wait so far.
     pub unserved_at_end: u64,
+    /// `replica_seconds` over the `lower-bound` row's, set by the report.
+    pub x_lower_bound: Option<f64>,
     #[serde(skip)]
     pub backlog: Vec<u64>,
     #[serde(skip)]
     pub replicas: Vec<u32>,
 }
 
+/// How the source shows the queue (`--source-kind`, `--commit-interval`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Source {
+    pub kind: SourceKind,
+    /// Seconds between consumer commits (a log's committed offsets move only then).
+    pub commit_interval: u64,
+}
+
 /// Runs `controller` over `trace`, starting idle at zero replicas.
-pub fn run(trace: &Trace, consumer: &Consumer, controller: &mut dyn Controller) -> Outcome {
+pub fn run(trace: &Trace, consumer: &Consumer, source: &Source, controller: &mut dyn Controller) -> Outcome {
     let mut dep = Deployment::new(consumer.startup_delay);
     let mut queue = Queue::default();
     let len = trace.arrivals.len();
@@ -398,10 +495,21 @@ pub fn run(trace: &Trace, consumer: &Consumer, controller: &mut dyn Controller) 
     let (mut replica_seconds, mut peak) = (0u64, 0u64);
     let mut cold_since: Option<u64> = None;
     let mut cold: Vec<u64> = Vec::new();
+    let (mut arrived, mut processed, mut committed) = (0u64, 0u64, 0u64);
     for (t, &arrivals) in trace.arrivals.iter().enumerate() {
         let now = t as u64;
         queue.push(now, arrivals);
-        controller.tick(now, queue.len, &mut dep);
+        arrived += arrivals;
+        if now.is_multiple_of(source.commit_interval.max(1)) {
+            committed = processed;
+        }
+        let seen = match source.kind {
+            SourceKind::Queue => Seen { backlog: queue.len, arrivals: None, committed: None },
+            SourceKind::Log => {
+                Seen { backlog: arrived - committed, arrivals: Some(arrived), committed: Some(committed) }
+            }
+        };
+        controller.tick(now, &seen, &mut dep);
         let ready = dep.ready(now);
         if ready == 0 && arrivals > 0 && cold_since.is_none() {
             cold_since = Some(now);
@@ -413,7 +521,7 @@ pub fn run(trace: &Trace, consumer: &Consumer, controller: &mut dyn Controller) 
         }
         peak = peak.max(queue.len);
         backlog.push(queue.len);
-        queue.serve(now, f64::from(ready) * consumer.throughput);
+        processed += queue.serve(now, f64::from(ready) * consumer.throughput);
         replica_seconds += u64::from(dep.replicas);
         replicas.push(dep.replicas);
     }
@@ -435,6 +543,7 @@ pub fn run(trace: &Trace, consumer: &Consumer, controller: &mut dyn Controller) 
         first_replica_mean_s: (!cold.is_empty()).then(|| cold.iter().sum::<u64>() as f64 / cold.len() as f64),
         first_replica_max_s: cold.iter().copied().max(),
         unserved_at_end: queue.len,
+        x_lower_bound: None,
         backlog,
         replicas,
     }

@@ -559,6 +559,25 @@ impl Scaler for KafkaScaler {
         Evaluation { metric: metric as f64, active: with_persistent > self.rules.activation_lag_threshold }
     }
 
+    /// Σ log-end and Σ committed offsets over the partitions that have a commit (a partition
+    /// without one has no processed count to compare); at most one consumer per partition
+    /// unless `allowIdleConsumers`.
+    fn counters(&self, m: &Measurement) -> crate::Counters {
+        let Measurement::Offsets(parts) = m else { return crate::Counters::default() };
+        let (mut arrivals, mut processed) = (0.0, 0.0);
+        for p in parts.iter() {
+            if let Some(c) = p.committed.filter(|c| *c >= 0) {
+                arrivals += p.latest.max(c) as f64;
+                processed += c as f64;
+            }
+        }
+        crate::Counters {
+            arrivals: Some(arrivals),
+            processed: Some(processed),
+            max_consumers: (!self.rules.allow_idle_consumers).then_some(parts.len() as u32),
+        }
+    }
+
     #[cfg(feature = "kafka")]
     fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
         client::poller(self.target.clone())
