@@ -368,3 +368,43 @@ async fn bad_metadata_is_invalid_argument() {
     })
     .await;
 }
+
+/// Issue 16: `rateQuery` is evaluated in the same poll as `query`, and `policy: drain` reads it
+/// as the arrival rate (shown on `/metrics`), sizing for it plus the backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_query_feeds_the_drain_policy() {
+    within(Duration::from_secs(60), "rate_query_feeds_the_drain_policy", async {
+        let stack = PromStack::start().await;
+        let metric = common::unique_name("ebb_e2e_depth");
+        stack.push("drain", &format!("{metric} 120\n{metric}_rate 12.5")).await;
+        stack.wait_for_value(&format!("{metric}_rate"), 12.5, SCRAPE_WAIT).await;
+        stack.wait_for_value(&metric, 120.0, SCRAPE_WAIT).await;
+        let (srv, keda) = start_ebb().await;
+        let rate_query = format!("sum({metric}_rate)");
+        let md = prom_metadata(
+            &stack.prometheus_url(),
+            &metric,
+            &[
+                ("threshold", "10"),
+                ("pollingInterval", "1"),
+                ("outputMode", "replicas"),
+                ("policy", "drain"),
+                ("rateQuery", &rate_query),
+                ("throughputPerReplica", "5"),
+            ],
+        );
+        let so = so_owned("drain-prom", &md);
+        // 12.5 msg/s at 5 msg/s a replica and ρ 0.9 needs 3; the 120 waiting (plus what arrives
+        // during start-up) needs more: never fewer than 3.
+        let c = cycle_until(&keda, &so, Duration::from_secs(10), "a decision", |c| c.value() >= 3.0).await;
+        assert!(c.active);
+        let text = reqwest::get(format!("http://{}/metrics", srv.http_addr)).await.unwrap().text().await.unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("ebb_scaledobject_arrival_rate_per_second{") && l.contains("drain-prom"))
+            .unwrap_or_else(|| panic!("no arrival rate in:\n{text}"));
+        assert!(line.ends_with(" 12.5"), "{line}");
+        srv.shutdown().await;
+    })
+    .await;
+}

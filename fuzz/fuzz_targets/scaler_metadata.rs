@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 fn probes() -> Vec<Measurement> {
     let mut out: Vec<Measurement> = [0.0, -1.0, 0.5, 1e308, f64::MAX, f64::MIN, f64::INFINITY, f64::NEG_INFINITY, f64::NAN]
         .into_iter()
-        .flat_map(|v| [Measurement::Value(v), Measurement::Partitions { unprocessed: v, partitions: 0 }, Measurement::Partitions { unprocessed: v, partitions: u32::MAX }])
+        .flat_map(|v| [Measurement::Value(v), Measurement::Partitions { unprocessed: v, partitions: 0, sequence: None }, Measurement::Partitions { unprocessed: v, partitions: u32::MAX, sequence: Some((v, v / 2.0)) }])
         .collect();
     let part = |partition, committed, latest, unchanged| PartitionOffsets { topic: Arc::from("t"), partition, committed, latest, unchanged };
     out.push(Measurement::Offsets(Arc::from(Vec::new())));

@@ -104,6 +104,21 @@ pub fn unprocessed(p: PartitionInfo, checkpoint: Option<i64>, stale_threshold: i
     if n > i64::MAX.saturating_sub(stale_threshold) { 0 } else { n }
 }
 
+/// Σ last enqueued and Σ checkpointed sequence numbers over the partitions with a checkpoint
+/// (and a non-empty log): cumulative arrivals and processed for `policy: drain`.
+pub fn sequence_sums(infos: &[PartitionInfo], ckpts: &[Option<i64>]) -> Option<(f64, f64)> {
+    let mut any = false;
+    let (mut last, mut done) = (0.0, 0.0);
+    for (p, c) in infos.iter().zip(ckpts) {
+        if let (Some(c), true) = (c, p.last >= 0) {
+            any = true;
+            last += p.last.max(*c) as f64;
+            done += *c as f64;
+        }
+    }
+    any.then_some((last, done))
+}
+
 /// The sum over partitions; an overflow gives `i64::MAX` (KEDA: negative sum ⇒ MaxInt64).
 pub fn total(counts: impl IntoIterator<Item = i64>) -> i64 {
     counts.into_iter().try_fold(0i64, |acc, n| acc.checked_add(n)).unwrap_or(i64::MAX)
@@ -420,7 +435,7 @@ impl Scaler for EventHubScaler {
 
     fn evaluate(&self, m: &Measurement) -> Evaluation {
         let (total, partitions) = match m {
-            Measurement::Partitions { unprocessed, partitions } => (*unprocessed, Some(*partitions)),
+            Measurement::Partitions { unprocessed, partitions, .. } => (*unprocessed, Some(*partitions)),
             other => (other.scalar(), None),
         };
         let metric = match partitions {
@@ -428,6 +443,19 @@ impl Scaler for EventHubScaler {
             None => total,
         };
         Evaluation { metric, active: total > self.activation as f64 }
+    }
+
+    /// Σ last enqueued and Σ checkpointed sequence numbers; at most one consumer per partition.
+    fn counters(&self, m: &Measurement) -> crate::Counters {
+        match m {
+            Measurement::Partitions { sequence: Some((e, c)), partitions, .. } => crate::Counters {
+                arrivals: Some(*e),
+                processed: Some(*c),
+                max_consumers: Some(*partitions),
+                arrival_rate: None,
+            },
+            _ => crate::Counters::default(),
+        }
     }
 
     fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
@@ -560,7 +588,11 @@ impl EventHubPoller {
             }),
         )?;
         let counts = infos.iter().zip(&ckpts).map(|(p, c)| unprocessed(*p, *c, self.cfg.stale_threshold));
-        Ok(Measurement::Partitions { unprocessed: total(counts) as f64, partitions })
+        Ok(Measurement::Partitions {
+            unprocessed: total(counts) as f64,
+            partitions,
+            sequence: sequence_sums(&infos, &ckpts),
+        })
     }
 
     async fn hub_target(&self) -> Result<HubTarget, PollError> {
@@ -872,6 +904,20 @@ mod tests {
     const ST: &str =
         "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5a2V5a2V5;EndpointSuffix=core.windows.net";
 
+    /// Issue 16: the counters `policy: drain` reads, over the partitions with a checkpoint;
+    /// their difference is the unprocessed count of those partitions.
+    #[test]
+    fn sequence_sums_are_arrivals_and_processed() {
+        let infos = [P(0, 100), P(0, 50), P(0, -1), P(0, 7)];
+        let ckpts = [Some(60), Some(50), Some(0), None];
+        assert_eq!(sequence_sums(&infos, &ckpts), Some((150.0, 110.0)));
+        assert_eq!(sequence_sums(&infos[3..], &ckpts[3..]), None, "no checkpoint, no counters");
+        let s = parse_map(&[("connection", EH), ("storageConnection", ST), ("blobContainer", "c")]).unwrap();
+        let c =
+            s.counters(&Measurement::Partitions { unprocessed: 40.0, partitions: 4, sequence: Some((150.0, 110.0)) });
+        assert_eq!((c.arrivals, c.processed, c.max_consumers), (Some(150.0), Some(110.0), Some(4)));
+    }
+
     #[test]
     fn all_partitions_checkpointed() {
         // KEDA calculateUnprocessedEvents: last - checkpoint.
@@ -932,10 +978,10 @@ mod tests {
             ("activationUnprocessedEventThreshold", "25"),
         ])
         .unwrap();
-        let e = s.evaluate(&Measurement::Partitions { unprocessed: 30.0, partitions: 2 });
+        let e = s.evaluate(&Measurement::Partitions { unprocessed: 30.0, partitions: 2, sequence: None });
         assert_eq!(e.metric, 20.0, "30/10 = 3 > 2 partitions ⇒ 2 × 10");
         assert!(e.active, "activation on the uncapped 30 > 25");
-        let e = s.evaluate(&Measurement::Partitions { unprocessed: 25.0, partitions: 2 });
+        let e = s.evaluate(&Measurement::Partitions { unprocessed: 25.0, partitions: 2, sequence: None });
         assert_eq!(e.metric, 25.0, "25/10 = 2, not > 2 partitions: uncapped");
         assert!(!e.active, "strictly greater");
         assert_eq!(s.evaluate(&Measurement::Value(7.0)).metric, 7.0, "foreign variant, no panic");

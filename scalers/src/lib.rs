@@ -80,9 +80,13 @@ impl fmt::Display for SourceKey {
 pub enum Measurement {
     /// A single sample (Prometheus query result).
     Value(f64),
+    /// A Prometheus query result and its `rateQuery` result (arrivals per second).
+    Rated { value: f64, rate: f64 },
     /// Event Hubs: the uncapped total of unprocessed events over every partition, and the
     /// number of partitions (the trigger caps the metric at `partitions × threshold`).
-    Partitions { unprocessed: f64, partitions: u32 },
+    /// `sequence`: Σ last enqueued and Σ checkpointed sequence numbers over the partitions that
+    /// have a checkpoint, when any has (the counters of `policy: drain`).
+    Partitions { unprocessed: f64, partitions: u32, sequence: Option<(f64, f64)> },
     /// Kafka: committed and log-end offsets of every partition a consumer group reads.
     Offsets(Arc<[kafka::PartitionOffsets]>),
 }
@@ -92,7 +96,7 @@ impl Measurement {
     /// scaler read a foreign variant without panicking.
     pub fn scalar(&self) -> f64 {
         match self {
-            Measurement::Value(v) => *v,
+            Measurement::Value(v) | Measurement::Rated { value: v, .. } => *v,
             Measurement::Partitions { unprocessed, .. } => *unprocessed,
             Measurement::Offsets(parts) => {
                 kafka::total_lag(parts, &kafka::LagRules { allow_idle_consumers: true, ..Default::default() }).0 as f64
@@ -111,6 +115,9 @@ pub struct Counters {
     pub processed: Option<f64>,
     /// Most consumers that can work at once (partitions), when more would idle.
     pub max_consumers: Option<u32>,
+    /// The arrival rate itself (messages/s), when the source measures it (Prometheus
+    /// `rateQuery`).
+    pub arrival_rate: Option<f64>,
 }
 
 /// A measurement read through one trigger's thresholds.

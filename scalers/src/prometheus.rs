@@ -27,6 +27,7 @@
 //! | `cert`, `key` | required by `tls` | PEM contents of the client certificate and its private key |
 //! | `ca` | none | PEM CA bundle added to the system roots. **Deviation:** KEDA ignores `ca` unless `authModes` is set; ebb always uses it |
 //! | `customAuthHeader`, `customAuthValue` | required by `custom` | one extra header. **Deviation:** KEDA applies only the first of bearer / basic / custom; ebb sends `custom` alongside the others |
+//! | `rateQuery` | none | ebb only: a second query, evaluated in the same poll at the same time, whose value is the arrival rate (messages/s) for `policy: drain` (e.g. `sum(rate(orders_enqueued_total[1m]))`) |
 //! | `azureManagedPrometheusResourceURL` | by host | token scope for Azure Monitor managed Prometheus (see below); setting it turns Azure auth on for any host |
 //!
 //! PEM values are checked at parse time, so a bad `ca`, `cert` or `key` is a config error
@@ -120,6 +121,8 @@ pub struct PrometheusScaler {
     /// `{serverAddress}/api/v1/query`.
     query_url: Url,
     query: String,
+    /// `rateQuery`: the arrival rate, for `policy: drain`.
+    rate_query: Option<String>,
     threshold: f64,
     activation_threshold: f64,
     namespace: Option<String>,
@@ -238,6 +241,7 @@ fn parse_config(md: &Metadata<'_>) -> Result<PrometheusScaler, ConfigErrors> {
     let key = serde_json::json!({
         "url": query_url.as_str(),
         "query": query,
+        "rateQuery": md.get("rateQuery"),
         "namespace": namespace,
         "queryParameters": query_parameters,
         "headers": header_names,
@@ -251,6 +255,7 @@ fn parse_config(md: &Metadata<'_>) -> Result<PrometheusScaler, ConfigErrors> {
     Ok(PrometheusScaler {
         query_url,
         query: query.to_owned(),
+        rate_query: md.get("rateQuery").map(str::to_owned),
         threshold,
         activation_threshold,
         namespace,
@@ -608,6 +613,13 @@ impl Scaler for PrometheusScaler {
         Ok(Arc::new(self.build_poller(None)?))
     }
 
+    fn counters(&self, m: &Measurement) -> crate::Counters {
+        match m {
+            Measurement::Rated { rate, .. } => crate::Counters { arrival_rate: Some(*rate), ..Default::default() },
+            _ => crate::Counters::default(),
+        }
+    }
+
     fn held(&self) -> Vec<Held> {
         let Some(scope) = &self.azure_scope else { return Vec::new() };
         vec![Held::Identity(IdentityUse {
@@ -632,6 +644,7 @@ impl PrometheusScaler {
         let client = shared_client(self.client_key(), || self.build_client())?;
         let esc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         let url_head = format!("{}?query={}", self.query_url, esc(&self.query));
+        let rate_head = self.rate_query.as_ref().map(|q| format!("{}?query={}", self.query_url, esc(q)));
         let mut url_tail = String::new();
         if let Some(ns) = &self.namespace {
             url_tail.push_str(&format!("&namespace={}", esc(ns)));
@@ -648,6 +661,8 @@ impl PrometheusScaler {
         Ok(PrometheusPoller {
             client,
             url_head,
+            rate_head,
+            rate_query: self.rate_query.clone(),
             url_tail,
             headers: self.headers.clone(),
             azure,
@@ -715,6 +730,9 @@ struct PrometheusPoller {
     client: Arc<reqwest::Client>,
     /// `…/api/v1/query?query=<escaped>`; `&time=` follows.
     url_head: String,
+    /// The same for `rateQuery`.
+    rate_head: Option<String>,
+    rate_query: Option<String>,
     /// `[&namespace=…][&k=v…]`.
     url_tail: String,
     headers: HeaderMap,
@@ -741,16 +759,26 @@ impl Poller for PrometheusPoller {
     async fn poll_at(&self, at: std::time::SystemTime) -> Result<Measurement, PollError> {
         // The deadline covers getting a token too, as KEDA's client timeout covers its round
         // tripper.
-        match tokio::time::timeout(self.timeout, self.query_once(at)).await {
-            Ok(r) => r.map(Measurement::Value),
+        let value = self.query_once(&self.url_head, &self.query, at);
+        let both = async {
+            match (&self.rate_head, &self.rate_query) {
+                (Some(head), Some(q)) => {
+                    let (value, rate) = tokio::try_join!(value, self.query_once(head, q, at))?;
+                    Ok(Measurement::Rated { value, rate })
+                }
+                _ => value.await.map(Measurement::Value),
+            }
+        };
+        match tokio::time::timeout(self.timeout, both).await {
+            Ok(r) => r,
             Err(_) => Err(PollError::Timeout(self.timeout)),
         }
     }
 }
 
 impl PrometheusPoller {
-    async fn query_once(&self, at: std::time::SystemTime) -> Result<f64, PollError> {
-        let url = format!("{}&time={}{}", self.url_head, rfc3339_millis(at), self.url_tail);
+    async fn query_once(&self, head: &str, query: &str, at: std::time::SystemTime) -> Result<f64, PollError> {
+        let url = format!("{}&time={}{}", head, rfc3339_millis(at), self.url_tail);
         let mut headers = self.headers.clone();
         if let Some(azure) = &self.azure {
             headers.insert(AUTHORIZATION, azure.header().await?);
@@ -763,12 +791,11 @@ impl PrometheusPoller {
             let body = read_body(response, MAX_BODY).await.map_err(|e| self.transport(e))?;
             if body.len() > MAX_BODY {
                 return Err(PollError::Rejected(format!(
-                    "prometheus query {} answered more than {} MiB; it likely returns many series",
-                    self.query,
+                    "prometheus query {query} answered more than {} MiB; it likely returns many series",
                     MAX_BODY >> 20
                 )));
             }
-            return interpret(&body, &self.query, self.ignore_null_values).map_err(|e| match e {
+            return interpret(&body, query, self.ignore_null_values).map_err(|e| match e {
                 PollError::Malformed(what) => {
                     tracing::debug!(
                         scaler = SCALER_TYPE,

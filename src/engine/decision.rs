@@ -105,7 +105,13 @@ pub fn observe_with(state: &mut DecisionState, policy: &Policy, eval: Evaluation
             (Some(e), Some(c)) => (e - c).max(0.0),
             _ => sanitize(eval.metric),
         };
-        let sample = Sample { at, backlog, arrivals: counters.arrivals, processed: counters.processed };
+        let sample = Sample {
+            at,
+            backlog,
+            arrivals: counters.arrivals,
+            processed: counters.processed,
+            arrival_rate: counters.arrival_rate,
+        };
         drain::observe(&mut state.drain, cfg, &bounds, sample);
     }
     state.first_seen.get_or_insert(at);

@@ -92,6 +92,8 @@ pub struct Sample {
     pub arrivals: Option<f64>,
     /// Cumulative processed (`C`), when the source shows them.
     pub processed: Option<f64>,
+    /// The arrival rate itself, when the source measures it (a Prometheus `rateQuery`).
+    pub arrival_rate: Option<f64>,
 }
 
 /// Why the count is what it is.
@@ -283,7 +285,9 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
     };
 
     let rate_of = |w: Duration| -> Option<f64> {
-        if full {
+        if let Some(l) = s.arrival_rate.filter(|l| l.is_finite()) {
+            Some(l.max(0.0))
+        } else if full {
             rate(&state.ring, w, |x| x.arrivals).map(|l| l.max(0.0))
         } else {
             let db = rate(&state.ring, w, |x| Some(x.backlog))?;
@@ -407,6 +411,7 @@ mod tests {
                 backlog: f64::from(st.backlog),
                 arrivals: counters.then_some(e),
                 processed: counters.then_some(c),
+                arrival_rate: None,
             };
             if st.backlog > 0 || (counters && e > e0) {
                 last_work = Some(at);
@@ -462,6 +467,7 @@ mod tests {
                 backlog: f64::from(st.backlog),
                 arrivals: counters.then_some(e),
                 processed: counters.then_some(c),
+                arrival_rate: None,
             };
             observe(&mut again, cfg, b, sample);
         }
@@ -501,13 +507,23 @@ mod tests {
         let t0 = Instant::now();
         let mut s = DrainState::default();
         for (i, e) in [(0u64, 10_000.0), (5, 10_500.0), (10, 11_000.0), (15, 200.0), (20, 700.0)] {
-            let sample =
-                Sample { at: t0 + Duration::from_secs(i), backlog: 10.0, arrivals: Some(e), processed: Some(e - 10.0) };
+            let sample = Sample {
+                at: t0 + Duration::from_secs(i),
+                backlog: 10.0,
+                arrivals: Some(e),
+                processed: Some(e - 10.0),
+                arrival_rate: None,
+            };
             observe(&mut s, &cfg, &b, sample);
             assert_eq!(s.estimates.full, i < 15, "at {i} s");
         }
-        let later =
-            Sample { at: t0 + Duration::from_secs(80), backlog: 10.0, arrivals: Some(1200.0), processed: Some(1190.0) };
+        let later = Sample {
+            at: t0 + Duration::from_secs(80),
+            backlog: 10.0,
+            arrivals: Some(1200.0),
+            processed: Some(1190.0),
+            arrival_rate: None,
+        };
         observe(&mut s, &cfg, &b, later);
         assert!(s.estimates.full, "rates trusted again after the long window");
     }
@@ -525,7 +541,13 @@ mod tests {
                 &mut s,
                 &cfg,
                 &b,
-                Sample { at: t0 + Duration::from_secs(i * 5), backlog: 0.0, arrivals: Some(e), processed: Some(e) },
+                Sample {
+                    at: t0 + Duration::from_secs(i * 5),
+                    backlog: 0.0,
+                    arrivals: Some(e),
+                    processed: Some(e),
+                    arrival_rate: None,
+                },
             );
         }
         assert_eq!(s.desired().map(|(d, _)| d), Some(12), "{:?}", s.estimates);
@@ -537,7 +559,12 @@ mod tests {
             at += Duration::from_secs(5);
             let backlog = 1_000.0 * f64::from(k + 1).powi(2);
             let e = 19_500.0 + backlog;
-            observe(&mut s, &cfg, &b, Sample { at, backlog, arrivals: Some(e), processed: Some(19_500.0) });
+            observe(
+                &mut s,
+                &cfg,
+                &b,
+                Sample { at, backlog, arrivals: Some(e), processed: Some(19_500.0), arrival_rate: None },
+            );
             let (d, r) = s.desired().unwrap();
             if k >= 3 {
                 assert_eq!(r, Reason::Stalled, "poll {k}");

@@ -336,6 +336,7 @@ impl Controller for Ebb {
                 arrivals: seen.arrivals.map(|n| n as f64),
                 processed: seen.committed.map(|n| n as f64),
                 max_consumers: None,
+                arrival_rate: None,
             };
             decision::observe_with(&mut self.state, &self.policy, eval, counters, at);
             let active = self.decide(now).active;

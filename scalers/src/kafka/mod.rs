@@ -575,6 +575,7 @@ impl Scaler for KafkaScaler {
             arrivals: Some(arrivals),
             processed: Some(processed),
             max_consumers: (!self.rules.allow_idle_consumers).then_some(parts.len() as u32),
+            arrival_rate: None,
         }
     }
 
