@@ -140,6 +140,9 @@ pub struct DrainState {
     last_increase: Option<Instant>,
     /// Polls in a row with work waiting and `C` unchanged.
     still: u32,
+    /// When `C` last moved, and the typical time between its moves (the commit interval).
+    c_moved: Option<Instant>,
+    commit_interval: Option<Duration>,
     /// Until this time, counter rates are not trusted (a counter went backwards).
     reset_until: Option<Instant>,
     desired: u32,
@@ -202,9 +205,10 @@ fn saturated(ring: &VecDeque<Sample>, window: Duration, above: f64) -> bool {
 
 /// Work counts as waiting (the consumers saturated) when more than this much of it, at the
 /// processing rate, is in the backlog. A log's lag also holds what was processed since the last
-/// commit, up to a commit interval's worth (Kafka's auto-commit default, 5 s).
+/// commit, up to a commit interval's worth: learned from how often `C` moves (Event Hubs
+/// checkpoints can be minutes apart), Kafka's auto-commit default (5 s) until then.
 const WAITING: Duration = Duration::from_secs(2);
-const COMMIT_SLACK: Duration = Duration::from_secs(5);
+const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// `R̂`: the smallest count asked for over the last `startup` (including the one in force then).
 fn ready(asked: &VecDeque<(Instant, u32)>, startup: Duration, now: Instant) -> u32 {
@@ -225,20 +229,33 @@ fn ready(asked: &VecDeque<(Instant, u32)>, startup: Duration, now: Instant) -> u
 /// Folds one poll in and decides.
 pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sample) {
     state.first_seen.get_or_insert(s.at);
+    let mut arrived = false;
     // A counter going backwards: the rates over the old history are meaningless.
     if let Some(&prev) = state.ring.back() {
         let back = |a: Option<f64>, b: Option<f64>| matches!((a, b), (Some(a), Some(b)) if b < a);
+        arrived = matches!((prev.arrivals, s.arrivals), (Some(a), Some(b)) if b > a);
         if back(prev.arrivals, s.arrivals) || back(prev.processed, s.processed) {
             state.ring.clear();
             state.reset_until = Some(s.at + cfg.long);
+            // Whatever happened in between may have been work: never a zero on a reset.
+            arrived = true;
         }
         if s.backlog > 0.0 && prev.processed.is_some() && prev.processed == s.processed {
             state.still += 1;
         } else {
             state.still = 0;
         }
+        if matches!((prev.processed, s.processed), (Some(a), Some(b)) if b > a) {
+            if let Some(t) = state.c_moved {
+                // The slowest recent cadence, decaying: a commit skipped now and then should
+                // not shrink it, a commit interval that shortened should.
+                let gap = s.at.saturating_duration_since(t);
+                let old = state.commit_interval.unwrap_or(gap);
+                state.commit_interval = Some(gap.max(old.mul_f64(0.9)));
+            }
+            state.c_moved = Some(s.at);
+        }
     }
-    let arrived = state.ring.back().is_some_and(|p| matches!((p.arrivals, s.arrivals), (Some(a), Some(b)) if b > a));
     if s.backlog > 0.0 || arrived {
         state.last_work = Some(s.at);
     }
@@ -255,6 +272,7 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
 
     // μ̂: configured, else learned from ΔC/Δt per ready replica, else the fallback.
     let fallback = (bounds.target / secs(cfg.drain)).max(f64::MIN_POSITIVE);
+    let commit_interval = state.commit_interval.unwrap_or(COMMIT_INTERVAL);
     // The observed processing rate, when the source counts it.
     let processing =
         if counters_ok { rate(&state.ring, cfg.long, |x| x.processed).filter(|p| p.is_finite()) } else { None };
@@ -263,7 +281,7 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
         None => {
             let mu = state.mu.unwrap_or(fallback);
             let learned = processing.filter(|p| *p > 0.0 && r > 0).map(|p| p / f64::from(r));
-            let waiting = processing.unwrap_or(0.0) * secs(WAITING + COMMIT_SLACK);
+            let waiting = processing.unwrap_or(0.0) * secs(WAITING + commit_interval);
             let mu = match learned {
                 // Saturated: the processing rate is the capacity; move towards it, ±20 % a step.
                 Some(sample) if saturated(&state.ring, cfg.long, waiting) => {
@@ -304,7 +322,7 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
     let cap = mu * cfg.utilization;
     // A log's lag holds on average half a commit interval of work already done.
     let backlog = match processing {
-        Some(p) if full => (s.backlog - p.max(0.0) * secs(COMMIT_SLACK) / 2.0).max(0.0),
+        Some(p) if full => (s.backlog - p.max(0.0) * secs(commit_interval) / 2.0).max(0.0),
         _ => s.backlog.max(0.0),
     };
     let rec_for = |lambda: f64| -> u32 {

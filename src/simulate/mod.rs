@@ -110,6 +110,15 @@ pub struct SimulateArgs {
     /// max(4, 2×) per 15 s and 300 s scale-down stabilization, not configurable).
     #[arg(long, value_enum, default_value_t = Platform::Aks)]
     pub platform: Platform,
+    /// `START:SECONDS`: the consumers process at half speed for that long (a slow database).
+    #[arg(long, value_parser = window)]
+    pub slowdown: Option<(u64, u64)>,
+    /// `START:SECONDS`: the source cannot be read for that long.
+    #[arg(long, value_parser = window)]
+    pub outage: Option<(u64, u64)>,
+    /// Restart ebb at this second (its history is lost).
+    #[arg(long)]
+    pub restart_at: Option<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -169,6 +178,16 @@ pub struct Settings {
     pub commit_interval_s: u64,
     pub throughput_per_replica: Option<f64>,
     pub platform: Platform,
+    pub slowdown: Option<(u64, u64)>,
+    pub outage: Option<(u64, u64)>,
+    pub restart_at: Option<u64>,
+}
+
+/// `START:SECONDS`.
+fn window(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s.split_once(':').ok_or_else(|| format!("{s:?} is not START:SECONDS"))?;
+    let n = |v: &str| v.trim().parse::<u64>().map_err(|_| format!("{v:?} is not a whole number of seconds"));
+    Ok((n(a)?, n(b)?))
 }
 
 fn flag(flag: &'static str, reason: impl Into<String>) -> SimulateError {
@@ -233,6 +252,9 @@ impl SimulateArgs {
             commit_interval_s: self.commit_interval,
             throughput_per_replica: self.throughput_per_replica,
             platform: self.platform,
+            slowdown: self.slowdown,
+            outage: self.outage,
+            restart_at: self.restart_at,
         }
     }
 
@@ -288,8 +310,13 @@ pub fn simulate(args: &SimulateArgs) -> Result<Report, SimulateError> {
 
 /// Runs both policies over `trace`.
 pub fn simulate_trace(args: &SimulateArgs, trace: &Trace) -> Report {
-    let consumer =
-        Consumer { throughput: args.throughput, startup_delay: args.startup_delay, max_replicas: args.max_replicas };
+    let consumer = Consumer {
+        throughput: args.throughput,
+        startup_delay: args.startup_delay,
+        max_replicas: args.max_replicas,
+        slowdown: args.slowdown,
+    };
+    let faults = model::Faults { outage: args.outage, restart_at: args.restart_at };
     let keda = KedaDefault::new(
         args.keda_polling_interval,
         args.keda_target,
@@ -309,7 +336,7 @@ pub fn simulate_trace(args: &SimulateArgs, trace: &Trace) -> Report {
     rows.push(Box::new(ebb("ebb-backlog", args.ebb_policy(), args.ebb_hpa(false))));
     rows.push(Box::new(LowerBound::new(trace, &consumer)));
     let mut policies: Vec<Outcome> =
-        rows.iter_mut().map(|c| model::run(trace, &consumer, &source, c.as_mut())).collect();
+        rows.iter_mut().map(|c| model::run(trace, &consumer, &source, &faults, c.as_mut())).collect();
     let floor = policies.iter().find(|p| p.policy == "lower-bound").map(|p| p.replica_seconds.max(1));
     for p in &mut policies {
         p.x_lower_bound = floor.map(|f| p.replica_seconds as f64 / f as f64);

@@ -47,6 +47,21 @@ pub struct Consumer {
     pub startup_delay: u64,
     /// `maxReplicaCount`.
     pub max_replicas: u32,
+    /// `(start, seconds)`: the consumers process at half speed (a slow database).
+    pub slowdown: Option<(u64, u64)>,
+}
+
+/// What goes wrong during a run, to see that no policy runs away or starves.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    /// `(start, seconds)`: the source cannot be read; controllers see nothing and hold.
+    pub outage: Option<(u64, u64)>,
+    /// ebb restarts at this second: its history is gone (a fresh replica).
+    pub restart_at: Option<u64>,
+}
+
+fn within(window: Option<(u64, u64)>, now: u64) -> bool {
+    window.is_some_and(|(start, len)| now >= start && now < start + len)
 }
 
 /// The Deployment: its `spec.replicas` and the pods behind it.
@@ -206,6 +221,8 @@ impl KedaLoop {
 pub trait Controller {
     fn name(&self) -> &'static str;
     fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment);
+    /// A restart of the controller's process (ebb: its history is gone).
+    fn restart(&mut self) {}
 }
 
 /// KEDA's default: the built-in scaler polled every `pollingInterval` for activity, the HPA
@@ -312,6 +329,13 @@ impl Ebb {
         self.base + Duration::from_secs(now)
     }
 
+    /// A fresh replica: no history (it then holds one replica until it has seen
+    /// `cooldownPeriod` without work, and `policy: drain` re-learns its rates).
+    fn forget(&mut self) {
+        self.state = DecisionState::new();
+        self.pushed = None;
+    }
+
     fn decide(&self, now: u64) -> decision::Decision {
         // `new` observed twice, so there is always a decision; idle is the safe reading anyway.
         decision::decide(&self.state, &self.policy, self.at(now)).unwrap_or(decision::Decision {
@@ -325,6 +349,10 @@ impl Ebb {
 impl Controller for Ebb {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn restart(&mut self) {
+        self.forget();
     }
 
     fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment) {
@@ -488,7 +516,13 @@ pub struct Source {
 }
 
 /// Runs `controller` over `trace`, starting idle at zero replicas.
-pub fn run(trace: &Trace, consumer: &Consumer, source: &Source, controller: &mut dyn Controller) -> Outcome {
+pub fn run(
+    trace: &Trace,
+    consumer: &Consumer,
+    source: &Source,
+    faults: &Faults,
+    controller: &mut dyn Controller,
+) -> Outcome {
     let mut dep = Deployment::new(consumer.startup_delay);
     let mut queue = Queue::default();
     let len = trace.arrivals.len();
@@ -510,7 +544,14 @@ pub fn run(trace: &Trace, consumer: &Consumer, source: &Source, controller: &mut
                 Seen { backlog: arrived - committed, arrivals: Some(arrived), committed: Some(committed) }
             }
         };
-        controller.tick(now, &seen, &mut dep);
+        if faults.restart_at == Some(now) {
+            controller.restart();
+        }
+        // During an outage nobody reads the source: KEDA keeps its state, the HPA keeps the
+        // count (its metric fails), ebb answers UNAVAILABLE past its staleness bound.
+        if !within(faults.outage, now) {
+            controller.tick(now, &seen, &mut dep);
+        }
         let ready = dep.ready(now);
         if ready == 0 && arrivals > 0 && cold_since.is_none() {
             cold_since = Some(now);
@@ -522,7 +563,8 @@ pub fn run(trace: &Trace, consumer: &Consumer, source: &Source, controller: &mut
         }
         peak = peak.max(queue.len);
         backlog.push(queue.len);
-        processed += queue.serve(now, f64::from(ready) * consumer.throughput);
+        let speed = if within(consumer.slowdown, now) { 0.5 } else { 1.0 };
+        processed += queue.serve(now, f64::from(ready) * consumer.throughput * speed);
         replica_seconds += u64::from(dep.replicas);
         replicas.push(dep.replicas);
     }

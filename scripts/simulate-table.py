@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Runs `ebb simulate` over the built-in traces, both source kinds and the robustness cases, and
+prints the README's tables (markdown). Every row is one command, printed with it.
+
+  scripts/simulate-table.py [path/to/ebb]      (default: target/release/ebb)
+"""
+import json
+import subprocess
+import sys
+
+EBB = sys.argv[1] if len(sys.argv) > 1 else "target/release/ebb"
+TRACES = ["steady", "bursty", "diurnal", "spike-then-idle"]
+
+
+def run(args):
+    out = subprocess.run([EBB, "simulate", "--json", *args], check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout)
+    return {p["policy"]: p for p in r["policies"]}
+
+
+def cell(p):
+    return f"{p['replica_seconds']:,} / {p['wait_p95_s']} s"
+
+
+def compare(rows, extra_policies=()):
+    print("| trace | source kind | keda-default replica-s / p95 | ebb replica-s / p95 | ebb vs keda | ebb ×lower-bound | "
+          + "".join(f"{x} replica-s / p95 | " for x in extra_policies) + "lower-bound replica-s / p95 | command |")
+    print("|---|---|---|---|---|---|" + "---|" * len(extra_policies) + "---|---|")
+    for trace, kind, args in rows:
+        p = run(["--trace", trace, "--source-kind", kind, *args])
+        k, e, lb = p["keda-default"], p["ebb"], p["lower-bound"]
+        delta = 100.0 * (e["replica_seconds"] - k["replica_seconds"]) / k["replica_seconds"]
+        extra = "".join(f"{cell(p[x])} | " for x in extra_policies)
+        cmd = " ".join(["ebb simulate --trace", trace, "--source-kind", kind, *args])
+        print(f"| {trace} | {kind} | {cell(k)} | {cell(e)} | {delta:+.0f} % | {e['x_lower_bound']:.2f} | {extra}{cell(lb)} | `{cmd}` |")
+
+
+def main():
+    print("### Built-in traces\n")
+    compare([(t, k, []) for t in TRACES for k in ("log", "queue")], ("ebb-backlog",))
+    print("\n### Queue with `throughputPerReplica` (true throughput 10 msg/s)\n")
+    rows = [(t, "queue", ["--throughput-per-replica", tp]) for t in TRACES for tp in ("10",)]
+    rows += [("steady", "queue", ["--throughput-per-replica", tp]) for tp in ("7", "13")]
+    rows += [("bursty", "queue", ["--throughput-per-replica", tp]) for tp in ("7", "13")]
+    compare(rows, ("ebb-configured",))
+    print("\n### Robustness (log source unless said)\n")
+    cases = [
+        ["--slowdown", "3000:600"],
+        ["--startup-delay", "5"],
+        ["--startup-delay", "60"],
+        ["--outage", "3000:120"],
+        ["--restart-at", "3600"],
+        ["--platform", "aca"],
+        ["--commit-interval", "30"],
+    ]
+    compare([(t, "log", c) for t in ("steady", "bursty") for c in cases])
+    compare([("steady", "queue", c) for c in (["--platform", "aca"], ["--outage", "3000:120"], ["--restart-at", "3600"])])
+
+
+if __name__ == "__main__":
+    main()
