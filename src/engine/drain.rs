@@ -13,13 +13,13 @@
 //! - `λ` (arrival rate): `ΔE/Δt` over a short (10 s) and a long (60 s) window when `E` is
 //!   observed (Kafka log-end offsets, Event Hubs enqueued sequence numbers, a Prometheus
 //!   `rateQuery`); else, from the backlog: `ΔB/Δt + R̂·μ̂` while the consumers are saturated, and
-//!   a probe of `(1 − 15 %)·R̂·μ̂` while they keep up (the rate is then only bounded above).
+//!   a probe sizing for 85 % of the ready replicas while they keep up (the rate is then only
+//!   bounded above).
 //!   Scale-up uses `max(λ_short, λ_long)`; scale-down uses `λ_long`.
 //! - `μ̂` (per-replica throughput): `throughputPerReplica` when given; else learned from `ΔC/Δt`
 //!   over the long window divided by `R̂`, only raised (a lower bound) while the consumers keep
 //!   up and moved both ways (±20 % a step) while they are saturated; until then
-//!   `threshold / drainSeconds` (the threshold read as "messages one replica clears in the drain
-//!   time").
+//!   `threshold / 10 s` (the threshold read as 10 s of one replica's work).
 //! - `R̂` (ready replicas): the smallest count ebb asked for over the last `startupSeconds` (new
 //!   pods need that long; removals are immediate).
 //!
@@ -208,6 +208,14 @@ fn saturated(ring: &VecDeque<Sample>, window: Duration, above: f64) -> bool {
 /// commit, up to a commit interval's worth: learned from how often `C` moves (Event Hubs
 /// checkpoints can be minutes apart), Kafka's auto-commit default (5 s) until then.
 const WAITING: Duration = Duration::from_secs(2);
+
+/// Without a throughput, the trigger's threshold is read as this much of one replica's work
+/// (Little's law: a backlog per replica of `threshold` waits about this long).
+const THRESHOLD_SECONDS: Duration = Duration::from_secs(10);
+
+/// A queue that keeps up is sized for this share of its ready replicas: the rate is only
+/// bounded above, so ebb probes down until the backlog says otherwise.
+const PROBE: f64 = 0.85;
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// `R̂`: the smallest count asked for over the last `startup` (including the one in force then).
@@ -271,7 +279,7 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
     let full = counters_ok && s.arrivals.is_some();
 
     // μ̂: configured, else learned from ΔC/Δt per ready replica, else the fallback.
-    let fallback = (bounds.target / secs(cfg.drain)).max(f64::MIN_POSITIVE);
+    let fallback = (bounds.target / secs(THRESHOLD_SECONDS)).max(f64::MIN_POSITIVE);
     let commit_interval = state.commit_interval.unwrap_or(COMMIT_INTERVAL);
     // The observed processing rate, when the source counts it.
     let processing =
@@ -310,9 +318,14 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
         } else {
             let db = rate(&state.ring, w, |x| Some(x.backlog))?;
             // Saturated: everything the ready replicas can do is being done. Keeping up: the
-            // rate is only bounded above; a quarter below probes the count down.
+            // rate is only bounded above; sizing for 85 % of the ready count probes it down
+            // (past the 10 % hysteresis whatever targetUtilization is).
             let waiting = f64::from(r) * mu * secs(WAITING);
-            let served = if saturated(&state.ring, w, waiting) { f64::from(r) * mu } else { 0.75 * f64::from(r) * mu };
+            let served = if saturated(&state.ring, w, waiting) {
+                f64::from(r) * mu
+            } else {
+                PROBE * cfg.utilization * f64::from(r) * mu
+            };
             Some((db + served).max(0.0))
         }
     };

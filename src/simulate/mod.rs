@@ -106,6 +106,13 @@ pub struct SimulateArgs {
     /// Add an `ebb-configured` row with `throughputPerReplica` set to this (msg/s).
     #[arg(long)]
     pub throughput_per_replica: Option<f64>,
+    /// `drainSeconds` of the `ebb` rows [default: what the README recommends for the source
+    /// kind: the key's default (10) for a log, 30 for a queue].
+    #[arg(long)]
+    pub drain_seconds: Option<f64>,
+    /// `targetUtilization` of the `ebb` rows [default: the trigger key's default].
+    #[arg(long)]
+    pub target_utilization: Option<f64>,
     /// `aks` (the README's HPA `behavior` for ebb) or `aca` (Container Apps: scale-up at most
     /// max(4, 2×) per 15 s and 300 s scale-down stabilization, not configurable).
     #[arg(long, value_enum, default_value_t = Platform::Aks)]
@@ -138,6 +145,9 @@ impl Default for SimulateArgs {
         Wrap::parse_from(["simulate"]).args
     }
 }
+
+/// `drainSeconds` the README recommends for a queue source.
+pub const QUEUE_DRAIN_SECONDS: u64 = 30;
 
 /// Where the HPA runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -220,6 +230,14 @@ impl SimulateArgs {
         if let Some(t) = self.throughput_per_replica {
             positive("throughput-per-replica", t)?;
         }
+        if let Some(d) = self.drain_seconds {
+            positive("drain-seconds", d)?;
+        }
+        if let Some(u) = self.target_utilization
+            && !(u > 0.0 && u <= 1.0)
+        {
+            return Err(flag("target-utilization", format!("{u} is not in (0, 1]")));
+        }
         if self.commit_interval == 0 {
             return Err(flag("commit-interval", "must be at least 1 second"));
         }
@@ -261,7 +279,19 @@ impl SimulateArgs {
     /// `policy: drain` as the README's ScaledObject for the source kind sets it up: only
     /// `policy: drain` (and `throughputPerReplica` when given); every other key at its default.
     fn drain_policy(&self, throughput: Option<f64>) -> Policy {
-        let d = crate::engine::drain::DrainConfig { throughput, ..Default::default() };
+        let base = crate::engine::drain::DrainConfig::default();
+        // The README recommends drainSeconds 30 for queues: without counters, the backlog is
+        // their only signal, and draining it over 10 s makes the count swing.
+        let recommended = match self.source_kind {
+            SourceKind::Log => base.drain,
+            SourceKind::Queue => Duration::from_secs(QUEUE_DRAIN_SECONDS),
+        };
+        let d = crate::engine::drain::DrainConfig {
+            throughput,
+            drain: self.drain_seconds.map_or(recommended, Duration::from_secs_f64),
+            utilization: self.target_utilization.unwrap_or(base.utilization),
+            ..base
+        };
         Policy {
             scale_down_stabilization: policy::DEFAULT_STABILIZATION,
             cooldown: policy::DEFAULT_COOLDOWN,
