@@ -422,29 +422,40 @@ mod tests {
             .prop_map(|(gap, backlog, arrived, processed)| Step { gap, backlog, arrived, processed })
     }
 
+    /// The polls of `steps` from `t0`, each with whether work arrived since the previous one.
+    fn samples(t0: Instant, steps: &[Step], counters: bool) -> Vec<(Sample, bool)> {
+        let (mut e, mut c, mut at) = (0.0f64, 0.0f64, t0);
+        steps
+            .iter()
+            .map(|st| {
+                at += Duration::from_secs(st.gap);
+                let e0 = e;
+                e = (e + st.arrived as f64).max(0.0);
+                c = (c + st.processed as f64).max(0.0);
+                let sample = Sample {
+                    at,
+                    backlog: f64::from(st.backlog),
+                    arrivals: counters.then_some(e),
+                    processed: counters.then_some(c),
+                    arrival_rate: None,
+                };
+                (sample, counters && e > e0)
+            })
+            .collect()
+    }
+
     /// Runs the steps, checking the invariants of reference/policy.md §5.7 after each.
     fn check(steps: &[Step], cfg: &DrainConfig, b: &Bounds, counters: bool) -> Result<(), TestCaseError> {
         let t0 = Instant::now();
+        let polls = samples(t0, steps, counters);
         let mut s = DrainState::default();
-        let (mut e, mut c) = (0.0f64, 0.0f64);
-        let mut at = t0;
         let mut last_work: Option<Instant> = None;
         let mut prev: Option<u32> = None;
         let mut last_increase: Option<Instant> = None;
         let first = t0;
-        for st in steps {
-            at += Duration::from_secs(st.gap);
-            let (e0, c0) = (e, c);
-            e = (e + st.arrived as f64).max(0.0);
-            c = (c + st.processed as f64).max(0.0);
-            let sample = Sample {
-                at,
-                backlog: f64::from(st.backlog),
-                arrivals: counters.then_some(e),
-                processed: counters.then_some(c),
-                arrival_rate: None,
-            };
-            if st.backlog > 0 || (counters && e > e0) {
+        for (st, &(sample, arrived)) in steps.iter().zip(&polls) {
+            let at = sample.at;
+            if st.backlog > 0 || arrived {
                 last_work = Some(at);
             }
             observe(&mut s, cfg, b, sample);
@@ -477,7 +488,6 @@ mod tests {
                 if d > p {
                     last_increase = Some(at);
                 }
-                let _ = c0;
             }
             prev = Some(d);
         }
@@ -487,19 +497,7 @@ mod tests {
         prop_assert_eq!(before, s.clone().desired());
         // 7. Same observations ⇒ same decision (every replica agrees).
         let mut again = DrainState::default();
-        let (mut e, mut c) = (0.0f64, 0.0f64);
-        let mut at = t0;
-        for st in steps {
-            at += Duration::from_secs(st.gap);
-            e = (e + st.arrived as f64).max(0.0);
-            c = (c + st.processed as f64).max(0.0);
-            let sample = Sample {
-                at,
-                backlog: f64::from(st.backlog),
-                arrivals: counters.then_some(e),
-                processed: counters.then_some(c),
-                arrival_rate: None,
-            };
+        for &(sample, _) in &polls {
             observe(&mut again, cfg, b, sample);
         }
         prop_assert_eq!(again.desired(), s.desired());
