@@ -472,15 +472,15 @@ impl Engine {
     pub fn decide_from(&self, t: &Trigger, status: &SourceStatus, now: Instant) -> Result<Decision, EngineError> {
         let scaler = t.source.scaler_type;
         let bound = self.inner.config.max_staleness.max(t.source.interval() * 3);
-        let fresh = status.last_good.as_ref().is_some_and(|(at, _)| now.saturating_duration_since(*at) <= bound);
+        let fresh = status.last_good_received.is_some_and(|at| now.saturating_duration_since(at) <= bound);
         if !fresh {
-            let reason = match (&status.last_error, &status.last_good) {
+            let reason = match (&status.last_error, status.last_good_received) {
                 (Some(e), None) => e.to_string(),
-                (Some(e), Some((at, _))) => {
-                    format!("{e} (last good value is {:.0?} old, bound {bound:?})", now.saturating_duration_since(*at))
+                (Some(e), Some(at)) => {
+                    format!("{e} (last good value is {:.0?} old, bound {bound:?})", now.saturating_duration_since(at))
                 }
-                (None, Some((at, _))) => {
-                    format!("last good value is {:.0?} old, bound {bound:?}", now.saturating_duration_since(*at))
+                (None, Some(at)) => {
+                    format!("last good value is {:.0?} old, bound {bound:?}", now.saturating_duration_since(at))
                 }
                 (None, None) => "no measurement yet".to_string(),
             };

@@ -35,8 +35,11 @@ use crate::metrics::{ErrorLabels, Metrics, ScalerLabels};
 pub struct SourceStatus {
     /// Number of finished polls; 0 until the first poll ends.
     pub polls: u64,
-    /// The last good measurement and when it was taken.
+    /// The last good measurement and the grid tick it was taken for (its time in the history).
     pub last_good: Option<(Instant, Measurement)>,
+    /// When the last good poll finished: what staleness is measured from (a slow poll's tick
+    /// lies further back than its answer).
+    pub last_good_received: Option<Instant>,
     /// The error of the latest poll, if it failed.
     pub last_error: Option<PollError>,
 }
@@ -251,6 +254,7 @@ fn publish(
             source.status.send_modify(|s| {
                 s.polls += 1;
                 s.last_good = Some((at, m));
+                s.last_good_received = Some(Instant::now());
                 s.last_error = None;
             });
             drop(triggers);
