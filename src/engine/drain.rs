@@ -475,9 +475,14 @@ mod tests {
             // 3. Never above maxReplicaCount.
             prop_assert!(d <= b.max);
             if let Some(p) = prev {
-                // 4. Scale-up per poll bounded by maxScaleUpStep (waking from zero excepted).
+                // 4. Scale-up per poll bounded by maxScaleUpStep (waking from zero excepted), and
+                // never past twice what the formula asks.
                 if let (Some(step), true) = (b.max_step, p > 0) {
                     prop_assert!(d <= p.saturating_add(step), "{p} -> {d}");
+                }
+                if d > p {
+                    prop_assert!(d <= 2 * s.estimates.recommendation.max(1), "{p} -> {d}: {:?}", s.estimates);
+                    prop_assert!(reason != Reason::Stalled);
                 }
                 // 5. No scale-down within downWindowSeconds of an increase (zero excepted).
                 if d < p && d > 0 {
