@@ -171,14 +171,10 @@ fn rule(md: &Metadata<'_>) -> Result<Rule, ConfigError> {
         throughput: positive("throughputPerReplica")?,
         drain: secs("drainSeconds", d.drain)?,
         utilization,
-        startup: md
-            .get("startupSeconds")
-            .map_or(Ok(d.startup), |_| non_negative_seconds(md, "startupSeconds").map(|s| s.unwrap_or(d.startup)))?,
+        startup: non_negative_seconds(md, "startupSeconds")?.unwrap_or(d.startup),
         short: secs("rateWindowShortSeconds", d.short)?,
         long: secs("rateWindowLongSeconds", d.long)?,
-        down_window: md.get("downWindowSeconds").map_or(Ok(d.down_window), |_| {
-            non_negative_seconds(md, "downWindowSeconds").map(|s| s.unwrap_or(d.down_window))
-        })?,
+        down_window: non_negative_seconds(md, "downWindowSeconds")?.unwrap_or(d.down_window),
         stall_polls,
     }))
 }
@@ -209,6 +205,31 @@ mod tests {
         assert_eq!(o.polling_interval, Duration::from_secs(5));
         assert_eq!(o.policy, Policy::metric(10.0));
         assert_eq!(o.metric_name, None);
+    }
+
+    /// `policy: drain` and its keys; each bad value names its key.
+    #[test]
+    fn drain_keys_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_pairs(&[]).unwrap().policy.rule, Rule::Backlog);
+        let o = parse_pairs(&[("policy", "drain"), ("throughputPerReplica", "25"), ("startupSeconds", "0")]).unwrap();
+        let Rule::Drain(d) = o.policy.rule else { panic!("drain") };
+        assert_eq!((d.throughput, d.startup, d.drain), (Some(25.0), Duration::ZERO, Duration::from_secs(10)));
+        for (key, value) in [
+            ("policy", "fast"),
+            ("throughputPerReplica", "0"),
+            ("drainSeconds", "-1"),
+            ("targetUtilization", "1.5"),
+            ("startupSeconds", "soon"),
+            ("rateWindowLongSeconds", "0"),
+            ("downWindowSeconds", "-5"),
+            ("stallPolls", "0"),
+        ] {
+            let mut pairs = vec![("policy", "drain")];
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, value));
+            let e = parse_pairs(&pairs).unwrap_err();
+            assert_eq!(e.keys(), vec![key], "{key}={value}");
+        }
     }
 
     #[test]
