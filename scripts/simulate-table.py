@@ -46,6 +46,7 @@ def main():
     print("\n### Robustness (log source unless said)\n")
     cases = [
         ["--slowdown", "3000:600"],
+        ["--bottleneck", "3000:600"],
         ["--startup-delay", "5"],
         ["--startup-delay", "60"],
         ["--outage", "3000:120"],

@@ -17,13 +17,25 @@
 //!   bounded above).
 //!   Scale-up uses `max(λ_short, λ_long)`; scale-down uses `λ_long`.
 //! - `μ̂` (per-replica throughput): `throughputPerReplica` when given; else learned from `ΔC/Δt`
-//!   over the long window divided by `R̂`, only raised (a lower bound) while the consumers keep
-//!   up and moved both ways (±20 % a step) while they are saturated; until then
-//!   `threshold / 10 s` (the threshold read as 10 s of one replica's work).
+//!   over the long window divided by the most replicas that may have been ready in it (a lower
+//!   bound), only raised while the consumers keep up, and moved both ways (±20 % a step) while
+//!   they are saturated: work waited through the whole long window, or the lag rose at every
+//!   poll of the last 20 s with the ready count (nearly) unchanged; until then
+//!   `threshold / 10 s` (the threshold read as 10 s of one replica's work). A count ebb lowered
+//!   may reach the pods only at the HPA's next sync (15 s), so for a while both counts may be
+//!   ready.
 //! - `R̂` (ready replicas): the smallest count ebb asked for over the last `startupSeconds` (new
 //!   pods need that long; removals are immediate).
 //!
-//! Up: at once, to `max(current, rec)`, bounded by `maxScaleUpStep`. Down: the highest `rec`
+//! The drain term is at most twice the arrival rate (or one replica's rate): a larger surge
+//! buys little wait and the down path would hold it for a window.
+//!
+//! Up: at once, to `max(current, rec)`, bounded by `maxScaleUpStep`; not at all while a freeze
+//! holds: once a scale-up's replicas have been ready for 20 s with work waiting throughout, the
+//! processing rate must have risen by half of what they were expected to add, else something
+//! downstream is the limit: scale-ups stop for the long window. (Kept to a pause on purpose:
+//! a freeze renewed while the rate stays flat, or a μ̂ kept from falling, starved the consumers
+//! whenever the check misread pods that started sooner or later than `startupSeconds`.) Down: the highest `rec`
 //! (computed with `λ_long`) over `downWindowSeconds`, applied only when it is at least
 //! `max(1, 10 %)` below the current count, at most halving, never while the backlog is more than
 //! the ready replicas clear in `drainSeconds`, never within `downWindowSeconds` of an increase,
@@ -109,6 +121,9 @@ pub enum Reason {
     Hold,
     /// Kept: the consumers make no progress with work waiting.
     Stalled,
+    /// Kept: the last scale-up did not raise the processing rate (a downstream bottleneck),
+    /// so more replicas would not help; no scale-up for the long window.
+    Ineffective,
     /// Zero: no backlog and no arrivals for `cooldownPeriod`.
     Idle,
 }
@@ -145,10 +160,25 @@ pub struct DrainState {
     commit_interval: Option<Duration>,
     /// Until this time, counter rates are not trusted (a counter went backwards).
     reset_until: Option<Instant>,
+    /// The latest scale-up whose effect on the processing rate is still to be checked.
+    up_check: Option<UpCheck>,
+    /// No scale-up before this time: the last one did not help.
+    frozen_until: Option<Instant>,
     desired: u32,
     reason: Option<Reason>,
     /// Estimates at the latest observation, for logs and `ebb check`.
     pub estimates: Estimates,
+}
+
+/// A scale-up to check once its replicas are ready ([`Reason::Ineffective`]).
+#[derive(Debug, Clone, Copy)]
+struct UpCheck {
+    /// The first increase not yet checked.
+    at: Instant,
+    /// Ready replicas and processing rate before it, and the most asked for since.
+    from: u32,
+    before: f64,
+    to: u32,
 }
 
 /// What the policy estimated at its latest observation.
@@ -203,6 +233,28 @@ fn saturated(ring: &VecDeque<Sample>, window: Duration, above: f64) -> bool {
     n >= 2
 }
 
+/// Did the backlog rise at every poll within `window` (three polls at least), by more than
+/// `noise` in all?
+fn falling_behind(ring: &VecDeque<Sample>, window: Duration, noise: f64) -> bool {
+    let Some(newest) = ring.back() else { return false };
+    let start = newest.at.checked_sub(window);
+    let within: Vec<f64> = ring.iter().filter(|s| start.is_none_or(|w| s.at >= w)).map(|s| s.backlog).collect();
+    within.len() >= 3
+        && within.windows(2).all(|w| w[1] > w[0])
+        && within.last().zip(within.first()).is_some_and(|(l, f)| l - f > noise)
+}
+
+/// The most a plan drains beyond the arrivals, as a multiple of them (or of one replica's
+/// rate, when they are fewer): swept 1, 1.5, 2 and unbounded on every built-in trace.
+const SURGE: f64 = 2.0;
+
+/// The HPA's sync period (kube-controller-manager's default): a count ebb pushes reaches the
+/// Deployment at the next sync.
+const HPA_SYNC: Duration = Duration::from_secs(15);
+
+/// The window [`falling_behind`] looks at.
+const BEHIND: Duration = Duration::from_secs(20);
+
 /// Work counts as waiting (the consumers saturated) when more than this much of it, at the
 /// processing rate, is in the backlog. A log's lag also holds what was processed since the last
 /// commit, up to a commit interval's worth: learned from how often `C` moves (Event Hubs
@@ -223,7 +275,7 @@ fn ready(asked: &VecDeque<(Instant, u32)>, startup: Duration, now: Instant) -> u
     let start = now.checked_sub(startup);
     let mut r = u32::MAX;
     let mut in_force_at_start = None;
-    for &(t, n) in asked {
+    for &(t, n) in asked.iter().filter(|&&(t, _)| t <= now) {
         if start.is_some_and(|w| t <= w) {
             in_force_at_start = Some(n);
         } else {
@@ -232,6 +284,35 @@ fn ready(asked: &VecDeque<(Instant, u32)>, startup: Duration, now: Instant) -> u
     }
     let r = in_force_at_start.map_or(r, |n| r.min(n));
     if r == u32::MAX { 0 } else { r }
+}
+
+/// The most replicas that may have been ready at `now`: a count ebb lowered reaches the pods
+/// only at the HPA's next sync, up to [`HPA_SYNC`] later.
+fn ready_high(asked: &VecDeque<(Instant, u32)>, startup: Duration, now: Instant) -> u32 {
+    let since = now.checked_sub(HPA_SYNC);
+    let just_before = asked
+        .iter()
+        .filter(|&&(t, _)| t <= now && since.is_none_or(|w| t > w))
+        .filter_map(|&(t, _)| t.checked_sub(Duration::from_nanos(1)));
+    just_before.chain(since).map(|t| ready(asked, startup, t)).fold(ready(asked, startup, now), u32::max)
+}
+
+/// The fewest and the most replicas that may have been ready at any poll within `window`
+/// (ending at the newest), or `None` when the history does not reach back that far.
+fn ready_range(
+    ring: &VecDeque<Sample>,
+    asked: &VecDeque<(Instant, u32)>,
+    startup: Duration,
+    window: Duration,
+) -> Option<(u32, u32)> {
+    let start = ring.back()?.at.checked_sub(window)?;
+    if ring.front().is_none_or(|f| f.at > start) {
+        return None;
+    }
+    ring.iter().filter(|s| s.at >= start).fold(None, |acc, s| {
+        let (lo, hi) = (ready(asked, startup, s.at), ready_high(asked, startup, s.at));
+        Some(acc.map_or((lo, hi), |(a, b): (u32, u32)| (a.min(lo), b.max(hi))))
+    })
 }
 
 /// Folds one poll in and decides.
@@ -288,22 +369,48 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
         Some(t) => t,
         None => {
             let mu = state.mu.unwrap_or(fallback);
-            let learned = processing.filter(|p| *p > 0.0 && r > 0).map(|p| p / f64::from(r));
+            // ΔC/Δt over the long window divided by R̂ is a replica's rate only if R̂ held
+            // over that window: a count raised within it divides the old replicas' work by the
+            // new count (a biased-low sample that then capped the probe for good).
+            // ΔC/Δt over the long window, per replica: divided by the most replicas that may
+            // have been ready then, it is a lower bound whatever the count did; a capacity only
+            // when the count held (a count raised within the window divides the old replicas'
+            // work by the new count, and that biased-low sample once capped the probe for good).
+            let range = ready_range(&state.ring, &state.asked, cfg.startup, cfg.long);
+            let learned = processing
+                .zip(range)
+                .filter(|&(p, (_, hi))| p > 0.0 && hi > 0)
+                .map(|(p, (lo, hi))| (p / f64::from(hi), lo == hi));
             let waiting = processing.unwrap_or(0.0) * secs(WAITING + commit_interval);
-            let mu = match learned {
+            // Falling behind (Burrow's WARN): the lag rose at every poll of a short window, by
+            // more than a commit interval's worth, with the same replicas ready throughout:
+            // they are doing all they can, so what they did is their capacity. This catches an
+            // over-probed μ̂ long before a whole long window is spent waiting.
+            let behind = processing
+                .filter(|_| full && r > 0)
+                .filter(|&p| falling_behind(&state.ring, BEHIND, p.max(0.0) * secs(commit_interval)))
+                .and_then(|_| rate(&state.ring, BEHIND, |x| x.processed))
+                .zip(ready_range(&state.ring, &state.asked, cfg.startup, BEHIND + commit_interval))
+                .filter(|&(p, (lo, hi))| p.is_finite() && p > 0.0 && lo > 0 && f64::from(hi) <= 1.25 * f64::from(lo))
+                .map(|(p, (lo, hi))| p / ((f64::from(lo) + f64::from(hi)) / 2.0));
+            let saturated_sample = behind.or(learned
+                .filter(|&(_, held)| held && saturated(&state.ring, cfg.long, waiting))
+                .map(|(sample, _)| sample));
+            let learned = learned.map(|(sample, _)| sample);
+            let mu = match (saturated_sample, learned) {
                 // Saturated: the processing rate is the capacity; move towards it, ±20 % a step.
-                Some(sample) if saturated(&state.ring, cfg.long, waiting) => {
+                (Some(sample), _) => {
                     state.mu_saturated = Some(sample);
                     (0.7 * mu + 0.3 * sample).clamp(mu * 0.8, mu * 1.2)
                 }
                 // Keeping up: the processing rate only bounds the capacity from below, so probe
                 // upwards (5 % a poll, within twice what a replica was seen to do, and not past
                 // what it did when last saturated); a saturation corrects an overshoot.
-                Some(sample) => {
+                (None, Some(sample)) => {
                     let ceiling = state.mu_saturated.map_or(2.0 * sample, |m| m.max(sample) * 1.02);
                     mu.max(sample).max((mu * 1.05).min(ceiling))
                 }
-                None => mu,
+                (None, None) => mu,
             };
             state.mu = Some(mu);
             mu
@@ -340,7 +447,10 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
     };
     let rec_for = |lambda: f64| -> u32 {
         let projected = backlog + (lambda - f64::from(r) * mu).max(0.0) * secs(cfg.startup);
-        let n = ((lambda + projected / secs(cfg.drain)) / cap).ceil();
+        // Draining faster than SURGE times the arrivals (or one replica's rate) buys little
+        // wait for a large surge of replicas that the down path then holds for a window.
+        let drain = (projected / secs(cfg.drain)).min(SURGE * lambda.max(mu));
+        let n = ((lambda + drain) / cap).ceil();
         if n.is_finite() { n.clamp(0.0, f64::from(u32::MAX)) as u32 } else { bounds.max }
     };
     let floor = bounds.min.max(1).min(bounds.max);
@@ -359,6 +469,29 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
 
     let quiet = state.last_work.or(state.first_seen).map_or(Duration::ZERO, |t| s.at.saturating_duration_since(t));
     let stalled = state.still >= cfg.stall_polls && r >= 1;
+    // Scaling effectiveness (Flink; kedacore/keda#7092): once the replicas of the latest
+    // scale-up have been ready for a window, and work still waited all along, the processing
+    // rate should have risen by at least half of what they were expected to add. If it did not,
+    // something downstream is the limit: no more scale-ups for the long window.
+    let behind_now = processing.is_some_and(|p| s.backlog > p.max(0.0) * secs(WAITING + commit_interval));
+    if let Some(check) = state.up_check
+        && s.at.saturating_duration_since(check.at) >= cfg.startup + BEHIND + commit_interval
+    {
+        state.up_check = None;
+        let after = rate(&state.ring, BEHIND, |x| x.processed).filter(|p| p.is_finite());
+        // Only what should have been ready over the whole window counts.
+        let since = s.at.checked_sub(BEHIND + commit_interval).unwrap_or(s.at);
+        let added = ready(&state.asked, cfg.startup, since).min(check.to).saturating_sub(check.from);
+        let expected = f64::from(added) * mu;
+        if let Some(after) = after
+            && behind_now
+            && counters_ok
+            && after - check.before < 0.5 * expected
+        {
+            state.frozen_until = Some(s.at + cfg.long);
+        }
+    }
+    let frozen = state.frozen_until.is_some_and(|t| s.at < t);
     let (desired, reason) = if bounds.min == 0 && s.backlog <= 0.0 && !arrived && quiet >= bounds.cooldown {
         (0, Reason::Idle)
     } else if current == 0 {
@@ -367,6 +500,8 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
     } else if rec_up > current {
         if stalled {
             (current, Reason::Stalled)
+        } else if frozen {
+            (current, Reason::Ineffective)
         } else {
             let step = bounds.max_step.map_or(u32::MAX, |st| current.saturating_add(st));
             (rec_up.min(step), Reason::ScaleUp)
@@ -385,12 +520,20 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
     let desired = desired.min(bounds.max);
     if desired > current {
         state.last_increase = Some(s.at);
+        // Only a log's processed counter can show whether the new replicas helped.
+        if current > 0 && counters_ok && s.processed.is_some() {
+            let before = rate(&state.ring, BEHIND, |x| x.processed).filter(|p| p.is_finite()).unwrap_or(0.0);
+            // The first unchecked increase is checked at its own time; later ones are
+            // checked after it.
+            let check = state.up_check.get_or_insert(UpCheck { at: s.at, from: r, before, to: desired });
+            check.to = check.to.max(desired);
+        }
     }
     state.desired = desired;
     state.reason = Some(reason);
     state.asked.push_back((s.at, desired));
     while state.asked.len() > 1
-        && state.asked.get(1).is_some_and(|&(t, _)| s.at.saturating_duration_since(t) > cfg.startup)
+        && state.asked.get(1).is_some_and(|&(t, _)| s.at.saturating_duration_since(t) > cfg.long + cfg.startup)
     {
         state.asked.pop_front();
     }
@@ -482,7 +625,8 @@ mod tests {
                 }
                 if d > p {
                     prop_assert!(d <= 2 * s.estimates.recommendation.max(1), "{p} -> {d}: {:?}", s.estimates);
-                    prop_assert!(reason != Reason::Stalled);
+                    prop_assert!(reason != Reason::Stalled && reason != Reason::Ineffective);
+                    prop_assert!(!s.frozen_until.is_some_and(|t| at < t), "an increase while frozen");
                 }
                 // 5. No scale-down within downWindowSeconds of an increase (zero excepted).
                 if d < p && d > 0 {
@@ -560,6 +704,45 @@ mod tests {
         };
         observe(&mut s, &cfg, &b, later);
         assert!(s.estimates.full, "rates trusted again after the long window");
+    }
+
+    /// A downstream bottleneck: the consumers process 50 msg/s whatever their count while 200
+    /// arrive. Once a scale-up's replicas have been ready for a window without raising the
+    /// processing rate, ebb adds no replicas for the long window.
+    #[test]
+    fn an_ineffective_scale_up_freezes_scale_ups() {
+        // A learned throughput: p / R̂ falls as replicas are added, which alone would ask for
+        // ever more of them.
+        let cfg = DrainConfig::default();
+        let b = bounds(0, 1_000, None);
+        let t0 = Instant::now();
+        let mut s = DrainState::default();
+        let (mut first, mut prev, mut held) = (None::<(Instant, Instant)>, 0, false);
+        for i in 0..120u64 {
+            let (e, c) = (1_000.0 * i as f64, 250.0 * i as f64);
+            let at = t0 + Duration::from_secs(i * 5);
+            observe(
+                &mut s,
+                &cfg,
+                &b,
+                Sample { at, backlog: e - c, arrivals: Some(e), processed: Some(c), arrival_rate: None },
+            );
+            let (d, r) = s.desired().unwrap();
+            if first.is_none() {
+                first = s.frozen_until.map(|until| (at, until));
+            }
+            if let Some((_, until)) = first
+                && at < until
+            {
+                assert!(d <= prev, "scaled up during the freeze at poll {i}: {prev} -> {d}");
+                assert!(prev < 1_000, "ran to maxReplicaCount before the freeze");
+                held |= r == Reason::Ineffective;
+            }
+            prev = d;
+        }
+        let (at, _) = first.expect("the freeze never came");
+        assert!(at <= t0 + Duration::from_secs(150), "frozen only at {:?}", at - t0);
+        assert!(held, "the freeze never held back a recommendation");
     }
 
     /// Full mode sizes for the arrival rate: 100 msg/s at 10 msg/s a replica and ρ 0.9 → 12.

@@ -120,6 +120,11 @@ pub struct SimulateArgs {
     /// `START:SECONDS`: the consumers process at half speed for that long (a slow database).
     #[arg(long, value_parser = window)]
     pub slowdown: Option<(u64, u64)>,
+    /// `START:SECONDS`: a shared downstream bottleneck (a saturated database) for that long:
+    /// the consumers together process at most half the trace's mean arrival rate over that
+    /// time, however many replicas run, so more replicas do not help.
+    #[arg(long, value_parser = window)]
+    pub bottleneck: Option<(u64, u64)>,
     /// `START:SECONDS`: the source cannot be read for that long.
     #[arg(long, value_parser = window)]
     pub outage: Option<(u64, u64)>,
@@ -189,6 +194,7 @@ pub struct Settings {
     pub throughput_per_replica: Option<f64>,
     pub platform: Platform,
     pub slowdown: Option<(u64, u64)>,
+    pub bottleneck: Option<(u64, u64)>,
     pub outage: Option<(u64, u64)>,
     pub restart_at: Option<u64>,
 }
@@ -271,6 +277,7 @@ impl SimulateArgs {
             throughput_per_replica: self.throughput_per_replica,
             platform: self.platform,
             slowdown: self.slowdown,
+            bottleneck: self.bottleneck,
             outage: self.outage,
             restart_at: self.restart_at,
         }
@@ -345,6 +352,7 @@ pub fn simulate_trace(args: &SimulateArgs, trace: &Trace) -> Report {
         startup_delay: args.startup_delay,
         max_replicas: args.max_replicas,
         slowdown: args.slowdown,
+        bottleneck: args.bottleneck,
     };
     let faults = model::Faults { outage: args.outage, restart_at: args.restart_at };
     let keda = KedaDefault::new(

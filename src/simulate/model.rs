@@ -49,6 +49,9 @@ pub struct Consumer {
     pub max_replicas: u32,
     /// `(start, seconds)`: the consumers process at half speed (a slow database).
     pub slowdown: Option<(u64, u64)>,
+    /// `(start, seconds)`: a shared bottleneck caps the consumers' total throughput at half
+    /// the trace's mean arrival rate over that time, whatever the replica count.
+    pub bottleneck: Option<(u64, u64)>,
 }
 
 /// What goes wrong during a run, to see that no policy runs away or starves.
@@ -531,6 +534,10 @@ pub fn run(
     let mut cold_since: Option<u64> = None;
     let mut cold: Vec<u64> = Vec::new();
     let (mut arrived, mut processed, mut committed) = (0u64, 0u64, 0u64);
+    let bottleneck_cap = consumer.bottleneck.map(|(start, n)| {
+        let seen = trace.arrivals.iter().skip(start as usize).take(n as usize);
+        0.5 * seen.sum::<u64>() as f64 / n.max(1) as f64
+    });
     for (t, &arrivals) in trace.arrivals.iter().enumerate() {
         let now = t as u64;
         queue.push(now, arrivals);
@@ -564,7 +571,11 @@ pub fn run(
         peak = peak.max(queue.len);
         backlog.push(queue.len);
         let speed = if within(consumer.slowdown, now) { 0.5 } else { 1.0 };
-        processed += queue.serve(now, f64::from(ready) * consumer.throughput * speed);
+        let mut capacity = f64::from(ready) * consumer.throughput * speed;
+        if within(consumer.bottleneck, now) {
+            capacity = capacity.min(bottleneck_cap.unwrap_or(f64::INFINITY));
+        }
+        processed += queue.serve(now, capacity);
         replica_seconds += u64::from(dep.replicas);
         replicas.push(dep.replicas);
     }
