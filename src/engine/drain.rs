@@ -15,7 +15,7 @@
 //!   `rateQuery`); else, from the backlog: `ΔB/Δt + R̂·μ̂` while the consumers are saturated, and
 //!   a probe sizing for 85 % of the ready replicas while they keep up (the rate is then only
 //!   bounded above).
-//!   Scale-up uses `max(λ_short, λ_long)`; scale-down uses `λ_long`.
+//!   Scale-up uses `max(λ_short, λ_long)`; scale-down uses `λ_short` (the down window smooths).
 //! - `μ̂` (per-replica throughput): `throughputPerReplica` when given; else learned from `ΔC/Δt`
 //!   over the long window divided by the most replicas that may have been ready in it (a lower
 //!   bound), only raised while the consumers keep up, and moved both ways (±20 % a step) while
@@ -35,12 +35,15 @@
 //! processing rate must have risen by half of what they were expected to add, else something
 //! downstream is the limit: scale-ups stop for the long window. (Kept to a pause on purpose:
 //! a freeze renewed while the rate stays flat, or a μ̂ kept from falling, starved the consumers
-//! whenever the check misread pods that started sooner or later than `startupSeconds`.) Down: the highest `rec`
-//! (computed with `λ_long`) over `downWindowSeconds`, applied only when it is at least
-//! `max(1, 10 %)` below the current count, at most halving, never while the backlog is more than
-//! the ready replicas clear in `drainSeconds`, never within `downWindowSeconds` of an increase,
-//! and never while `λ_short ≥ 2·R̂·μ̂` (a burst). Zero only after `cooldownPeriod` with no
-//! backlog and no arrivals. Stalled consumers (`C` still for `stallPolls` polls while `B > 0`)
+//! whenever the check misread pods that started sooner or later than `startupSeconds`.)
+//!
+//! Down: to the highest rate part (`ceil(λ_short / (μ̂·ρ))`) over `downWindowSeconds`, or to
+//! `rec` now if that is higher (a backlog still waiting keeps its drain term, a drained one
+//! needs nothing); applied only when at least `max(1, 10 %)` below the current count, at most
+//! halving, never while the backlog is more than the ready replicas clear in `drainSeconds`,
+//! never while `λ_short ≥ 2·R̂·μ̂` (a burst), and never within `downWindowSeconds` of an
+//! increase unless that increase was a surge (above twice the rate part) whose backlog has
+//! drained. Zero only after `cooldownPeriod` with no backlog and no arrivals. Stalled consumers (`C` still for `stallPolls` polls while `B > 0`)
 //! hold the count: more replicas would not help. A counter going backwards (topic re-created,
 //! offsets rewound) drops the rate history for the long window.
 
@@ -164,6 +167,8 @@ pub struct DrainState {
     up_check: Option<UpCheck>,
     /// No scale-up before this time: the last one did not help.
     frozen_until: Option<Instant>,
+    /// The latest increase was a surge: more than [`SURGE_RELEASE`] times the rate part.
+    surge: bool,
     desired: u32,
     reason: Option<Reason>,
     /// Estimates at the latest observation, for logs and `ebb check`.
@@ -247,6 +252,11 @@ fn falling_behind(ring: &VecDeque<Sample>, window: Duration, noise: f64) -> bool
 /// The most a plan drains beyond the arrivals, as a multiple of them (or of one replica's
 /// rate, when they are fewer): swept 1, 1.5, 2 and unbounded on every built-in trace.
 const SURGE: f64 = 2.0;
+
+/// An increase above this multiple of what the arrival rate alone asks (plus one) is a surge
+/// to drain a backlog, released within the down window once that backlog is gone. Swept 1.25,
+/// 1.5 and 2: below 2 the ±1 steps of a steady load counted as surges and flapped.
+const SURGE_RELEASE: f64 = 2.0;
 
 /// The HPA's sync period (kube-controller-manager's default): a count ebb pushes reaches the
 /// Deployment at the next sync.
@@ -438,7 +448,9 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
     };
     let (l_short, l_long) = (rate_of(cfg.short), rate_of(cfg.long));
     let l_up = l_short.unwrap_or(0.0).max(l_long.unwrap_or(0.0));
-    let l_down = l_long.or(l_short).unwrap_or(0.0);
+    // The down window already smooths the scale-down path; a long-window rate on top of it
+    // held a finished burst's count for two windows.
+    let l_down = l_short.or(l_long).unwrap_or(0.0);
     let cap = mu * cfg.utilization;
     // A log's lag holds on average half a commit interval of work already done.
     let backlog = match processing {
@@ -456,16 +468,23 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
     let floor = bounds.min.max(1).min(bounds.max);
     let rec_up = rec_for(l_up).clamp(floor, bounds.max);
     let rec_down = rec_for(l_down).clamp(floor, bounds.max);
-    while state.down.back().is_some_and(|&(_, x)| x <= rec_down) {
+    // The down window remembers the rate part only: a backlog the window saw is either still
+    // there (and in `rec_down`) or drained, and then it needs no replicas.
+    let rate_part = |lambda: f64| -> u32 {
+        let n = (lambda / cap).ceil();
+        if n.is_finite() { n.clamp(0.0, f64::from(u32::MAX)) as u32 } else { bounds.max }
+    };
+    let rec_down_w = rate_part(l_down).clamp(floor, bounds.max);
+    while state.down.back().is_some_and(|&(_, x)| x <= rec_down_w) {
         state.down.pop_back();
     }
-    state.down.push_back((s.at, rec_down));
+    state.down.push_back((s.at, rec_down_w));
     while state.down.len() > 1
         && state.down.front().is_some_and(|&(t, _)| s.at.saturating_duration_since(t) > cfg.down_window)
     {
         state.down.pop_front();
     }
-    let down_max = state.down.front().map_or(rec_down, |&(_, x)| x);
+    let down_max = state.down.front().map_or(rec_down, |&(_, x)| x).max(rec_down);
 
     let quiet = state.last_work.or(state.first_seen).map_or(Duration::ZERO, |t| s.at.saturating_duration_since(t));
     let stalled = state.still >= cfg.stall_polls && r >= 1;
@@ -510,7 +529,11 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
         let hysteresis = (f64::from(current) * 0.1).max(1.0);
         let burst = l_short.is_some_and(|l| r > 0 && l >= 2.0 * f64::from(r) * mu);
         let catching_up = s.backlog > f64::from(r) * mu * secs(cfg.drain);
-        let recent_up = state.last_increase.is_some_and(|t| s.at.saturating_duration_since(t) < cfg.down_window);
+        // No reversal within the down window of an increase (anti-flap), unless the increase
+        // was a surge to drain a backlog and that backlog is gone: the surge has done its job.
+        let drained = state.surge && !catching_up && s.backlog <= f64::from(r) * mu * secs(WAITING + commit_interval);
+        let recent_up =
+            !drained && state.last_increase.is_some_and(|t| s.at.saturating_duration_since(t) < cfg.down_window);
         if f64::from(down_max) <= f64::from(current) - hysteresis && !burst && !catching_up && !recent_up {
             (down_max.max(current.div_ceil(2)).max(floor), Reason::ScaleDown)
         } else {
@@ -520,6 +543,7 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
     let desired = desired.min(bounds.max);
     if desired > current {
         state.last_increase = Some(s.at);
+        state.surge = f64::from(desired) > SURGE_RELEASE * f64::from(rate_part(l_up)) + 1.0;
         // Only a log's processed counter can show whether the new replicas helped.
         if current > 0 && counters_ok && s.processed.is_some() {
             let before = rate(&state.ring, BEHIND, |x| x.processed).filter(|p| p.is_finite()).unwrap_or(0.0);
@@ -626,11 +650,14 @@ mod tests {
                 if d > p {
                     prop_assert!(d <= 2 * s.estimates.recommendation.max(1), "{p} -> {d}: {:?}", s.estimates);
                     prop_assert!(reason != Reason::Stalled && reason != Reason::Ineffective);
-                    prop_assert!(!s.frozen_until.is_some_and(|t| at < t), "an increase while frozen");
+                    prop_assert!(s.frozen_until.is_none_or(|t| at >= t), "an increase while frozen");
                 }
-                // 5. No scale-down within downWindowSeconds of an increase (zero excepted).
+                // 5. No scale-down within downWindowSeconds of an increase (zero excepted),
+                // unless that increase was a surge to drain a backlog.
                 if d < p && d > 0 {
-                    prop_assert!(last_increase.is_none_or(|t| at.saturating_duration_since(t) >= cfg.down_window));
+                    prop_assert!(
+                        s.surge || last_increase.is_none_or(|t| at.saturating_duration_since(t) >= cfg.down_window)
+                    );
                     // … and at most halving.
                     prop_assert!(d >= p.div_ceil(2));
                 }

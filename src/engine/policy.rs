@@ -16,7 +16,7 @@
 //! | `targetUtilization` | 0.9 | `drain`: share of a replica's throughput to plan for, in (0, 1] |
 //! | `startupSeconds` | 30 | `drain`: from asking for a replica to it processing |
 //! | `rateWindowShortSeconds`, `rateWindowLongSeconds` | 10, 60 | `drain`: arrival-rate windows |
-//! | `downWindowSeconds` | 60 | `drain`: the highest recommendation in this window bounds a scale-down |
+//! | `downWindowSeconds` | 60 | `drain`: the highest rate part in this window bounds a scale-down |
 //! | `stallPolls` | 3 | `drain`: polls without progress, with work waiting, before ebb holds the count |
 
 use std::time::Duration;
