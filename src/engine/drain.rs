@@ -70,6 +70,9 @@ pub struct DrainConfig {
     pub down_window: Duration,
     /// [`stallPolls`] (3).
     pub stall_polls: u32,
+    /// [`minChangeIntervalSeconds`] at most one change of the count per this long (0: off):
+    /// each change is a consumer-group rebalance for Kafka and Event Hubs.
+    pub min_change: Duration,
 }
 
 impl Default for DrainConfig {
@@ -83,6 +86,7 @@ impl Default for DrainConfig {
             long: Duration::from_secs(60),
             down_window: Duration::from_secs(60),
             stall_polls: 3,
+            min_change: Duration::ZERO,
         }
     }
 }
@@ -127,6 +131,8 @@ pub enum Reason {
     /// Kept: the last scale-up did not raise the processing rate (a downstream bottleneck),
     /// so more replicas would not help; no scale-up for the long window.
     Ineffective,
+    /// Kept: the count changed less than `minChangeIntervalSeconds` ago.
+    Spacing,
     /// Zero: no backlog and no arrivals for `cooldownPeriod`.
     Idle,
 }
@@ -156,6 +162,8 @@ pub struct DrainState {
     last_work: Option<Instant>,
     first_seen: Option<Instant>,
     last_increase: Option<Instant>,
+    /// The latest change of the count (not counting a wake from zero).
+    last_change: Option<Instant>,
     /// Polls in a row with work waiting and `C` unchanged.
     still: u32,
     /// When `C` last moved, and the typical time between its moves (the commit interval).
@@ -541,6 +549,17 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
         }
     };
     let desired = desired.min(bounds.max);
+    // Rebalance economy: a change within minChangeIntervalSeconds of the last one waits, except
+    // waking from zero (work is waiting) and the cooldown's zero.
+    let spaced = state.last_change.is_some_and(|t| s.at.saturating_duration_since(t) < cfg.min_change);
+    let (desired, reason) = if desired != current && current > 0 && desired > 0 && spaced {
+        (current, Reason::Spacing)
+    } else {
+        (desired, reason)
+    };
+    if desired != current && current > 0 {
+        state.last_change = Some(s.at);
+    }
     if desired > current {
         state.last_increase = Some(s.at);
         state.surge = f64::from(desired) > SURGE_RELEASE * f64::from(rate_part(l_up)) + 1.0;
@@ -619,6 +638,7 @@ mod tests {
         let mut last_work: Option<Instant> = None;
         let mut prev: Option<u32> = None;
         let mut last_increase: Option<Instant> = None;
+        let mut last_change: Option<Instant> = None;
         let first = t0;
         for (st, &(sample, arrived)) in steps.iter().zip(&polls) {
             let at = sample.at;
@@ -664,6 +684,17 @@ mod tests {
                 if d > p {
                     last_increase = Some(at);
                 }
+                // 5b. At most one change per minChangeIntervalSeconds (waking from zero and
+                // going to zero excepted).
+                if d != p && d > 0 && p > 0 {
+                    prop_assert!(
+                        last_change.is_none_or(|t| at.saturating_duration_since(t) >= cfg.min_change),
+                        "{p} -> {d}"
+                    );
+                }
+                if d != p && p > 0 {
+                    last_change = Some(at);
+                }
             }
             prev = Some(d);
         }
@@ -687,9 +718,11 @@ mod tests {
         fn safety_invariants_hold_with_counters(
             steps in prop::collection::vec(step(), 1..120),
             min in 0u32..3, max in 1u32..200, step in prop::option::of(1u32..10),
+            min_change in prop_oneof![Just(0u64), 1u64..200],
         ) {
             let max = max.max(min);
-            check(&steps, &DrainConfig::default(), &bounds(min, max, step), true)?;
+            let cfg = DrainConfig { min_change: Duration::from_secs(min_change), ..DrainConfig::default() };
+            check(&steps, &cfg, &bounds(min, max, step), true)?;
         }
 
         #[test]

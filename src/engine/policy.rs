@@ -18,6 +18,7 @@
 //! | `rateWindowShortSeconds`, `rateWindowLongSeconds` | 10, 60 | `drain`: arrival-rate windows |
 //! | `downWindowSeconds` | 60 | `drain`: the highest rate part in this window bounds a scale-down |
 //! | `stallPolls` | 3 | `drain`: polls without progress, with work waiting, before ebb holds the count |
+//! | `minChangeIntervalSeconds` | 0 (off) | `drain`: at most one change of the count per this long (each is a Kafka or Event Hubs rebalance) |
 
 use std::time::Duration;
 
@@ -176,6 +177,7 @@ fn rule(md: &Metadata<'_>) -> Result<Rule, ConfigError> {
         long: secs("rateWindowLongSeconds", d.long)?,
         down_window: non_negative_seconds(md, "downWindowSeconds")?.unwrap_or(d.down_window),
         stall_polls,
+        min_change: non_negative_seconds(md, "minChangeIntervalSeconds")?.unwrap_or(d.min_change),
     }))
 }
 
@@ -211,9 +213,16 @@ mod tests {
     #[test]
     fn drain_keys_parse_and_bad_ones_are_named() {
         assert_eq!(parse_pairs(&[]).unwrap().policy.rule, Rule::Backlog);
-        let o = parse_pairs(&[("policy", "drain"), ("throughputPerReplica", "25"), ("startupSeconds", "0")]).unwrap();
+        let o = parse_pairs(&[
+            ("policy", "drain"),
+            ("throughputPerReplica", "25"),
+            ("startupSeconds", "0"),
+            ("minChangeIntervalSeconds", "30"),
+        ])
+        .unwrap();
         let Rule::Drain(d) = o.policy.rule else { panic!("drain") };
         assert_eq!((d.throughput, d.startup, d.drain), (Some(25.0), Duration::ZERO, Duration::from_secs(10)));
+        assert_eq!(d.min_change, Duration::from_secs(30));
         for (key, value) in [
             ("policy", "fast"),
             ("throughputPerReplica", "0"),
@@ -223,6 +232,7 @@ mod tests {
             ("rateWindowLongSeconds", "0"),
             ("downWindowSeconds", "-5"),
             ("stallPolls", "0"),
+            ("minChangeIntervalSeconds", "-1"),
         ] {
             let mut pairs = vec![("policy", "drain")];
             pairs.retain(|(k, _)| *k != key);

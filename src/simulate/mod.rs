@@ -113,6 +113,9 @@ pub struct SimulateArgs {
     /// `targetUtilization` of the `ebb` rows [default: the trigger key's default].
     #[arg(long)]
     pub target_utilization: Option<f64>,
+    /// `minChangeIntervalSeconds` of the `ebb` rows [default: the trigger key's default, off].
+    #[arg(long)]
+    pub min_change_interval: Option<u64>,
     /// `aks` (the README's HPA `behavior` for ebb) or `aca` (Container Apps: scale-up at most
     /// max(4, 2×) per 15 s and 300 s scale-down stabilization, not configurable).
     #[arg(long, value_enum, default_value_t = Platform::Aks)]
@@ -297,6 +300,7 @@ impl SimulateArgs {
             throughput,
             drain: self.drain_seconds.map_or(recommended, Duration::from_secs_f64),
             utilization: self.target_utilization.unwrap_or(base.utilization),
+            min_change: self.min_change_interval.map_or(base.min_change, Duration::from_secs),
             ..base
         };
         Policy {
