@@ -43,6 +43,13 @@ def main():
     rows += [("steady", "queue", ["--throughput-per-replica", tp]) for tp in ("7", "13")]
     rows += [("bursty", "queue", ["--throughput-per-replica", tp]) for tp in ("7", "13")]
     compare(rows, ("ebb-configured",))
+    print("\n### Queue reading the ready replicas (queue+R: `serve --kube`, `readyReplicas` bound)\n")
+    compare([(t, "queue", ["--ready-replicas"]) for t in TRACES])
+    rows = [(t, "queue", ["--ready-replicas", "--throughput-per-replica", "10"]) for t in TRACES]
+    # Pods slower to start than startupSeconds (60 s against 30): read against estimated.
+    rows += [(t, "queue", [*r, "--startup-delay", "60", "--throughput-per-replica", "10"])
+             for t in ("steady", "bursty") for r in ([], ["--ready-replicas"])]
+    compare(rows, ("ebb-configured",))
     print("\n### Robustness (log source unless said)\n")
     cases = [
         ["--slowdown", "3000:600"],

@@ -55,6 +55,10 @@ pub struct Binding {
     /// May read its own TriggerAuthentications through `authenticationRef`.
     #[serde(default)]
     pub authentication_ref: bool,
+    /// `policy: drain` may read the ScaledObject's scale target's ready replicas (with
+    /// `serve --kube`).
+    #[serde(default)]
+    pub ready_replicas: bool,
 }
 
 /// One Azure resource ebb's identity may be used for.
@@ -154,6 +158,28 @@ impl Access {
             return Err(Refusal::Policy(format!(
                 "authenticationRef: ebb's access policy does not let namespace {namespace:?} use \
                  TriggerAuthentications (access.bindings[].authenticationRef in ebb's config)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Access {
+    /// May `policy: drain` read `namespace`'s ScaledObjects and their scale targets with ebb's
+    /// Kubernetes identity? As for `authenticationRef`: a bound namespace and a caller namespace
+    /// ebb can believe.
+    pub fn check_ready_replicas(&self, namespace: &str) -> Result<(), Refusal> {
+        if !(self.mtls || self.policy.trust_caller_namespace) {
+            return Err(Refusal::Policy(
+                "readyReplicas: ebb cannot tell which namespace is calling, so it reads no scale target \
+                 (serve with mTLS for KEDA's client certificate, or set access.trustCallerNamespace)"
+                    .into(),
+            ));
+        }
+        if !self.policy.bindings_for(namespace).any(|b| b.ready_replicas) {
+            return Err(Refusal::Policy(format!(
+                "readyReplicas: ebb's access policy does not let namespace {namespace:?} have its scale targets \
+                 read (access.bindings[].readyReplicas in ebb's config)"
             )));
         }
         Ok(())

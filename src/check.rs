@@ -132,7 +132,7 @@ pub async fn run(sent: &HashMap<String, String>, opts: &CheckOptions) -> Result<
     let now = Instant::now();
     let mut state = DecisionState::new();
     let counters = scaler.counters(&m);
-    decision::observe_with(&mut state, &options.policy, scaler.evaluate(&m), counters, now);
+    decision::observe_with(&mut state, &options.policy, scaler.evaluate(&m), counters, None, now);
     let d = decision::decide(&state, &options.policy, now).expect("one observation was folded");
     let drain = match &options.policy.rule {
         crate::engine::policy::Rule::Backlog => None,

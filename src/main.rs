@@ -75,9 +75,10 @@ struct ServeArgs {
     /// Kubernetes Secret or Container Apps secret volume), re-read at every poll.
     #[arg(long, env = "EBB_SECRETS_DIR", default_value = "/var/run/secrets/ebb")]
     secrets_dir: std::path::PathBuf,
-    /// Resolve `authenticationRef` trigger metadata: read KEDA TriggerAuthentications
-    /// (`spec.secretTargetRef`) and their Secrets from the Kubernetes API (in-cluster service
-    /// account or kubeconfig).
+    /// Read the Kubernetes API (in-cluster service account or kubeconfig): KEDA
+    /// TriggerAuthentications (`spec.secretTargetRef`) and their Secrets for `authenticationRef`,
+    /// and the ready replicas of `policy: drain` ScaledObjects' scale targets (for namespaces the
+    /// access policy binds to `readyReplicas`).
     #[cfg(feature = "k8s")]
     #[arg(long, env = "EBB_KUBE")]
     kube: bool,
@@ -221,6 +222,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..EngineConfig::default()
         },
         auth_refs: auth_refs(&args).await?,
+        ready_replicas: ready_replicas(&args).await?,
         bridge,
         tls: match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(ebb::tls::TlsFiles {
@@ -249,6 +251,28 @@ async fn auth_refs(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<dyn
         .await
         .context("--kube: no Kubernetes config (neither in-cluster service account nor kubeconfig)")?;
     Ok(Some(std::sync::Arc::new(resolver)))
+}
+
+/// With `--kube`, `policy: drain` may read scale targets' ready replicas (for the namespaces
+/// bound to `readyReplicas`); refreshed in the background for as long as ebb runs.
+#[cfg(feature = "k8s")]
+async fn ready_replicas(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<dyn ebb::engine::ReadyReplicas>>> {
+    use anyhow::Context;
+    if !args.kube {
+        return Ok(None);
+    }
+    let ready = ebb::k8s::KubeReadyReplicas::from_env()
+        .await
+        .context("--kube: no Kubernetes config (neither in-cluster service account nor kubeconfig)")?;
+    let ready = std::sync::Arc::new(ready);
+    // Detached: it ends with the process.
+    drop(ready.spawn_refresh());
+    Ok(Some(ready))
+}
+
+#[cfg(not(feature = "k8s"))]
+async fn ready_replicas(_args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<dyn ebb::engine::ReadyReplicas>>> {
+    Ok(None)
 }
 
 #[cfg(not(feature = "k8s"))]

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
-use crate::engine::{AuthRefResolver, Engine, EngineConfig};
+use crate::engine::{AuthRefResolver, Engine, EngineConfig, ReadyReplicas};
 use crate::grpc;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
@@ -26,6 +26,8 @@ pub struct ServeOptions {
     pub engine: EngineConfig,
     /// Resolves `authenticationRef` (KEDA TriggerAuthentications); `None` turns it off.
     pub auth_refs: Option<Arc<dyn AuthRefResolver>>,
+    /// Reads scale targets' ready replicas for `policy: drain`; `None` turns it off.
+    pub ready_replicas: Option<Arc<dyn ReadyReplicas>>,
     /// ScaledObjects served over HTTP to Container Apps scale rules (`serve --config`).
     pub bridge: crate::bridge::Config,
     /// TLS (and mTLS) on the gRPC port; `None` serves plaintext h2c.
@@ -39,6 +41,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("http_addr", &self.http_addr)
             .field("engine", &self.engine)
             .field("auth_refs", &self.auth_refs.is_some())
+            .field("ready_replicas", &self.ready_replicas.is_some())
             .field("bridge_scaled_objects", &self.bridge.scaled_objects.len())
             .field("tls", &self.tls)
             .finish()
@@ -52,6 +55,7 @@ impl Default for ServeOptions {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             engine: EngineConfig::default(),
             auth_refs: None,
+            ready_replicas: None,
             bridge: crate::bridge::Config::default(),
             tls: None,
         }
@@ -80,6 +84,9 @@ pub async fn spawn(opts: ServeOptions) -> anyhow::Result<Server> {
     let mut engine = Engine::new(config, metrics);
     if let Some(resolver) = opts.auth_refs.clone() {
         engine = engine.with_auth_refs(resolver);
+    }
+    if let Some(ready) = opts.ready_replicas.clone() {
+        engine = engine.with_ready_replicas(ready);
     }
 
     let grpc_listener =

@@ -106,6 +106,8 @@ fn all_features_render_and_validate() {
         "mountPath: /etc/ebb/tls",
         "path: /healthz",
         "resources:\n    - triggerauthentications\n    verbs:\n    - get\n    - list\n    - watch",
+        "resources:\n    - scaledobjects\n    verbs:\n    - get",
+        "resources:\n    - deployments\n    - statefulsets\n    verbs:\n    - get",
         // The ConfigMap: config.content, then the values' access policy as its top-level key.
         "    scaledObjects:\n      - name: orders\n",
         "          outputMode: replicas\n    access:\n      bindings:\n      - authenticationRef: true\n",

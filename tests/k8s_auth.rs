@@ -1,7 +1,10 @@
-//! `authenticationRef` end to end with the `k8s` feature: a KEDA-like client → ebb's gRPC
-//! server → [`ebb::k8s::KubeAuthRefs`] (the production kube client) → a wire-level double of
-//! the Kubernetes API ([`KubeDouble`]), and ebb's Service Bus client → the Service Bus double
-//! (`common::servicebus`) with the connection string that only the Secret holds.
+//! The `k8s` feature end to end against a wire-level double of the Kubernetes API
+//! ([`KubeDouble`]), through the production kube clients:
+//! - `authenticationRef`: a KEDA-like client → ebb's gRPC server → [`ebb::k8s::KubeAuthRefs`],
+//!   and ebb's Service Bus client → the Service Bus double (`common::servicebus`) with the
+//!   connection string that only the Secret holds;
+//! - `policy: drain` reading the scale target's ready replicas (issue 16's queue+R mode) through
+//!   [`ebb::k8s::KubeReadyReplicas`]: ScaledObject → Deployment → `status.readyReplicas`.
 #![cfg(feature = "k8s")]
 
 mod common;
@@ -19,6 +22,7 @@ use common::ebb::{assert_status, so_owned, start_ebb_with_opts};
 use common::servicebus::ServiceBusDouble;
 use common::within;
 use ebb::k8s::KubeAuthRefs;
+use ebb::proto::ScaledObjectRef;
 use ebb::server::ServeOptions;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -30,6 +34,10 @@ const TEST_LIMIT: Duration = Duration::from_secs(60);
 struct Objects {
     trigger_auths: HashMap<(String, String), Value>,
     secrets: HashMap<(String, String), HashMap<String, String>>,
+    /// ScaledObject → its `spec.scaleTargetRef`.
+    scaled_objects: HashMap<(String, String), Value>,
+    /// Deployment → `status.readyReplicas` (`None`: the field absent, as with no pod ready).
+    deployments: HashMap<(String, String), Option<u32>>,
 }
 
 /// A wire-level double of the Kubernetes API: answers the two GETs `KubeAuthRefs` makes as the
@@ -106,6 +114,43 @@ async fn get_secret(State(s): State<DoubleState>, Path((ns, name)): Path<(String
     .into_response()
 }
 
+async fn get_scaled_object(State(s): State<DoubleState>, Path((ns, name)): Path<(String, String)>) -> Response {
+    s.requests.fetch_add(1, Ordering::SeqCst);
+    s.log.lock().unwrap().push(format!("scaledobjects {ns}/{name}"));
+    let objects = s.objects.lock().unwrap();
+    let Some(target) = objects.scaled_objects.get(&(ns.clone(), name.clone())) else {
+        return not_found("scaledobjects.keda.sh", &name);
+    };
+    axum::Json(json!({
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": { "name": name, "namespace": ns, "uid": "0b0e5f1c-0000-4000-8000-000000000002", "resourceVersion": "1" },
+        "spec": { "scaleTargetRef": target, "triggers": [] }
+    }))
+    .into_response()
+}
+
+async fn get_deployment(State(s): State<DoubleState>, Path((ns, name)): Path<(String, String)>) -> Response {
+    s.requests.fetch_add(1, Ordering::SeqCst);
+    s.log.lock().unwrap().push(format!("deployments {ns}/{name}"));
+    let objects = s.objects.lock().unwrap();
+    let Some(ready) = objects.deployments.get(&(ns.clone(), name.clone())) else {
+        return not_found("deployments.apps", &name);
+    };
+    let mut status = json!({ "observedGeneration": 1, "replicas": 10 });
+    if let Some(n) = ready {
+        status["readyReplicas"] = json!(n);
+    }
+    axum::Json(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name, "namespace": ns, "resourceVersion": "1" },
+        "spec": { "replicas": 10 },
+        "status": status
+    }))
+    .into_response()
+}
+
 impl KubeDouble {
     async fn start() -> KubeDouble {
         let state = DoubleState { objects: Arc::default(), requests: Arc::default(), log: Arc::default() };
@@ -115,6 +160,8 @@ impl KubeDouble {
                 axum::routing::get(get_trigger_auth),
             )
             .route("/api/v1/namespaces/{ns}/secrets/{name}", axum::routing::get(get_secret))
+            .route("/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects/{name}", axum::routing::get(get_scaled_object))
+            .route("/apis/apps/v1/namespaces/{ns}/deployments/{name}", axum::routing::get(get_deployment))
             .fallback({
                 let s = state.clone();
                 move |uri: axum::http::Uri| {
@@ -148,6 +195,14 @@ impl KubeDouble {
     fn add_secret(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
         let data = data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.objects.lock().unwrap().secrets.insert((ns.into(), name.into()), data);
+    }
+
+    fn add_scaled_object(&self, ns: &str, name: &str, target: Value) {
+        self.objects.lock().unwrap().scaled_objects.insert((ns.into(), name.into()), target);
+    }
+
+    fn set_deployment(&self, ns: &str, name: &str, ready: Option<u32>) {
+        self.objects.lock().unwrap().deployments.insert((ns.into(), name.into()), ready);
     }
 
     fn requests(&self) -> usize {
@@ -334,6 +389,103 @@ async fn secret_values_never_appear_in_errors() {
         for m in &messages {
             assert!(!m.contains(SECRET) && !m.contains(&bad_key), "a secret value leaked: {m}");
         }
+        srv.shutdown().await;
+    })
+    .await;
+}
+
+/// The value of `name{…namespace="ns",scaledobject="so"…}` on ebb's `/metrics`.
+async fn gauge(addr: std::net::SocketAddr, name: &str, ns: &str, so: &str) -> Option<f64> {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let text = http.get(format!("http://{addr}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find(|l| {
+            l.starts_with(&format!("{name}{{"))
+                && l.contains(&format!("namespace=\"{ns}\""))
+                && l.contains(&format!("scaledobject=\"{so}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Issue 16, queue+R: with `serve --kube`, a `policy: drain` trigger on a queue (Service Bus:
+/// backlog only) uses the scale target's ready replicas as the Kubernetes API reports them, and
+/// follows them when they change; a namespace the access policy does not bind to
+/// `readyReplicas` gets ebb's own estimate, and nothing of it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_reads_the_scale_targets_ready_replicas() {
+    within(TEST_LIMIT, "drain_reads_the_scale_targets_ready_replicas", async {
+        let sb = ServiceBusDouble::start().await;
+        let kube = KubeDouble::start().await;
+        kube.add_scaled_object("default", "orders", json!({ "name": "orders-worker" }));
+        kube.set_deployment("default", "orders-worker", Some(7));
+        kube.add_scaled_object("other", "orders", json!({ "name": "orders-worker" }));
+        kube.set_deployment("other", "orders-worker", Some(7));
+
+        let ready = Arc::new(ebb::k8s::KubeReadyReplicas::new(kube.client()));
+        let refresh = ready.spawn_refresh();
+        let yaml = "trustCallerNamespace: true\nbindings: [{namespaces: [default], secrets: ['*'], readyReplicas: true}, \
+                    {namespaces: [other], secrets: ['*']}]";
+        let access = ebb::access::Access { policy: serde_saphyr::from_str(yaml).unwrap(), ..Default::default() };
+        let engine = ebb::engine::EngineConfig { access, ..Default::default() };
+        let (srv, keda) = start_ebb_with_opts(ServeOptions {
+            ready_replicas: Some(ready.clone()),
+            engine,
+            ..ServeOptions::default()
+        })
+        .await;
+        let connection = sb.connection_string();
+        let md: Vec<(String, String)> = [
+            ("scalerType", "azure-servicebus"),
+            ("queueName", "orders"),
+            ("connection", connection.as_str()),
+            ("pollingInterval", "1"),
+            ("outputMode", "replicas"),
+            ("policy", "drain"),
+            ("throughputPerReplica", "10"),
+            // ebb's own estimate is then the count it asks for, at least 1 with 42 messages
+            // waiting: 0 can only come from the Deployment.
+            ("startupSeconds", "0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let so = so_owned("orders", &md);
+        keda.cycle(&so).await.expect("first cycle");
+        let other = ScaledObjectRef { namespace: "other".into(), ..so.clone() };
+        keda.cycle(&other).await.expect("first cycle, other namespace");
+
+        // Within a refresh (5 s) and a poll, ebb's R̂ is what the Deployment reports.
+        let wait_for = |want: f64| {
+            let addr = srv.http_addr;
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(15);
+                loop {
+                    let got = gauge(addr, "ebb_scaledobject_ready_replicas_estimate", "default", "orders").await;
+                    if got == Some(want) {
+                        return;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "R̂ {got:?}, want {want}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        wait_for(7.0).await;
+        // Pods lost: the count read follows.
+        kube.set_deployment("default", "orders-worker", Some(3));
+        wait_for(3.0).await;
+        // No pod ready: the API server omits the field.
+        kube.set_deployment("default", "orders-worker", None);
+        wait_for(0.0).await;
+
+        // The unbound namespace runs on ebb's estimate (≥ 1, never the Deployment's 7).
+        let other = gauge(srv.http_addr, "ebb_scaledobject_ready_replicas_estimate", "other", "orders").await;
+        assert!(other.is_some_and(|r| r >= 1.0 && r != 7.0), "other namespace R̂ {other:?}");
+        let log = kube.log();
+        assert!(log.iter().any(|l| l == "scaledobjects default/orders"), "{log:?}");
+        assert!(log.iter().any(|l| l == "deployments default/orders-worker"), "{log:?}");
+        assert!(!log.iter().any(|l| l.contains("other/")), "an unbound namespace was read: {log:?}");
+        refresh.abort();
         srv.shutdown().await;
     })
     .await;

@@ -86,11 +86,19 @@ impl DecisionState {
 
 /// Folds an evaluation taken at `at` into the state.
 pub fn observe(state: &mut DecisionState, policy: &Policy, eval: Evaluation, at: Instant) {
-    observe_with(state, policy, eval, Counters::default(), at);
+    observe_with(state, policy, eval, Counters::default(), None, at);
 }
 
-/// [`observe`] with the counters the poll carried (used by `policy: drain`).
-pub fn observe_with(state: &mut DecisionState, policy: &Policy, eval: Evaluation, counters: Counters, at: Instant) {
+/// [`observe`] with the counters the poll carried and the scale target's ready replicas when
+/// they are read (used by `policy: drain`).
+pub fn observe_with(
+    state: &mut DecisionState,
+    policy: &Policy,
+    eval: Evaluation,
+    counters: Counters,
+    ready: Option<u32>,
+    at: Instant,
+) {
     if let Rule::Drain(cfg) = &policy.rule {
         let bounds = Bounds {
             min: policy.min_replicas,
@@ -111,6 +119,7 @@ pub fn observe_with(state: &mut DecisionState, policy: &Policy, eval: Evaluation
             arrivals: counters.arrivals,
             processed: counters.processed,
             arrival_rate: counters.arrival_rate,
+            ready,
         };
         drain::observe(&mut state.drain, cfg, &bounds, sample);
     }

@@ -113,6 +113,8 @@ pub struct Sample {
     pub processed: Option<f64>,
     /// The arrival rate itself, when the source measures it (a Prometheus `rateQuery`).
     pub arrival_rate: Option<f64>,
+    /// The scale target's ready replicas, when ebb reads them (queue+R: `serve --kube`).
+    pub ready: Option<u32>,
 }
 
 /// Why the count is what it is.
@@ -202,6 +204,8 @@ pub struct Estimates {
     pub ready: u32,
     pub recommendation: u32,
     pub full: bool,
+    /// `ready` was read from the scale target, not estimated (queue+R).
+    pub ready_read: bool,
 }
 
 impl DrainState {
@@ -328,7 +332,10 @@ fn ready_range(
         return None;
     }
     ring.iter().filter(|s| s.at >= start).fold(None, |acc, s| {
-        let (lo, hi) = (ready(asked, startup, s.at), ready_high(asked, startup, s.at));
+        let (lo, hi) = match s.ready {
+            Some(n) => (n, n),
+            None => (ready(asked, startup, s.at), ready_high(asked, startup, s.at)),
+        };
         Some(acc.map_or((lo, hi), |(a, b): (u32, u32)| (a.min(lo), b.max(hi))))
     })
 }
@@ -373,7 +380,8 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
     }
 
     let current = state.desired;
-    let r = ready(&state.asked, cfg.startup, s.at);
+    // Read when ebb may read it (queue+R), else estimated from what ebb asked for.
+    let r = s.ready.unwrap_or_else(|| ready(&state.asked, cfg.startup, s.at));
     let counters_ok = state.reset_until.is_none_or(|t| s.at >= t);
     let full = counters_ok && s.arrivals.is_some();
 
@@ -508,7 +516,13 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
         let after = rate(&state.ring, BEHIND, |x| x.processed).filter(|p| p.is_finite());
         // Only what should have been ready over the whole window counts.
         let since = s.at.checked_sub(BEHIND + commit_interval).unwrap_or(s.at);
-        let added = ready(&state.asked, cfg.startup, since).min(check.to).saturating_sub(check.from);
+        let ready_then = match s.ready {
+            Some(_) => {
+                ready_range(&state.ring, &state.asked, cfg.startup, BEHIND + commit_interval).map_or(r, |(lo, _)| lo)
+            }
+            None => ready(&state.asked, cfg.startup, since),
+        };
+        let added = ready_then.min(check.to).saturating_sub(check.from);
         let expected = f64::from(added) * mu;
         if let Some(after) = after
             && behind_now
@@ -580,8 +594,14 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
     {
         state.asked.pop_front();
     }
-    state.estimates =
-        Estimates { arrival_rate: l_short.or(l_long), throughput: Some(mu), ready: r, recommendation: rec_up, full };
+    state.estimates = Estimates {
+        arrival_rate: l_short.or(l_long),
+        throughput: Some(mu),
+        ready: r,
+        recommendation: rec_up,
+        full,
+        ready_read: s.ready.is_some(),
+    };
 }
 
 #[cfg(test)]
@@ -601,15 +621,17 @@ mod tests {
         backlog: u32,
         arrived: i64,
         processed: i64,
+        /// The scale target's ready replicas, when the run reads them.
+        ready: u32,
     }
 
     fn step() -> impl Strategy<Value = Step> {
-        (1u64..=30, prop_oneof![Just(0u32), 0u32..5_000], -50i64..2_000, -50i64..2_000)
-            .prop_map(|(gap, backlog, arrived, processed)| Step { gap, backlog, arrived, processed })
+        (1u64..=30, prop_oneof![Just(0u32), 0u32..5_000], -50i64..2_000, -50i64..2_000, 0u32..300)
+            .prop_map(|(gap, backlog, arrived, processed, ready)| Step { gap, backlog, arrived, processed, ready })
     }
 
     /// The polls of `steps` from `t0`, each with whether work arrived since the previous one.
-    fn samples(t0: Instant, steps: &[Step], counters: bool) -> Vec<(Sample, bool)> {
+    fn samples(t0: Instant, steps: &[Step], counters: bool, read_ready: bool) -> Vec<(Sample, bool)> {
         let (mut e, mut c, mut at) = (0.0f64, 0.0f64, t0);
         steps
             .iter()
@@ -624,6 +646,7 @@ mod tests {
                     arrivals: counters.then_some(e),
                     processed: counters.then_some(c),
                     arrival_rate: None,
+                    ready: read_ready.then_some(st.ready),
                 };
                 (sample, counters && e > e0)
             })
@@ -631,9 +654,9 @@ mod tests {
     }
 
     /// Runs the steps, checking the invariants of reference/policy.md §5.7 after each.
-    fn check(steps: &[Step], cfg: &DrainConfig, b: &Bounds, counters: bool) -> Result<(), TestCaseError> {
+    fn check(steps: &[Step], cfg: &DrainConfig, b: &Bounds, counters: bool, ready: bool) -> Result<(), TestCaseError> {
         let t0 = Instant::now();
-        let polls = samples(t0, steps, counters);
+        let polls = samples(t0, steps, counters, ready);
         let mut s = DrainState::default();
         let mut last_work: Option<Instant> = None;
         let mut prev: Option<u32> = None;
@@ -722,7 +745,7 @@ mod tests {
         ) {
             let max = max.max(min);
             let cfg = DrainConfig { min_change: Duration::from_secs(min_change), ..DrainConfig::default() };
-            check(&steps, &cfg, &bounds(min, max, step), true)?;
+            check(&steps, &cfg, &bounds(min, max, step), true, false)?;
         }
 
         #[test]
@@ -733,7 +756,21 @@ mod tests {
         ) {
             let max = max.max(min);
             let cfg = DrainConfig { throughput, ..DrainConfig::default() };
-            check(&steps, &cfg, &bounds(min, max, step), false)?;
+            check(&steps, &cfg, &bounds(min, max, step), false, false)?;
+        }
+
+        /// queue+R: the scale target's ready replicas read at every poll (any count, unrelated
+        /// to what ebb asked for: pods crash, start late, a person scales by hand).
+        #[test]
+        fn safety_invariants_hold_with_ready_replicas_read(
+            steps in prop::collection::vec(step(), 1..120),
+            min in 0u32..3, max in 1u32..200, step in prop::option::of(1u32..10),
+            throughput in prop::option::of(0.5f64..100.0),
+            counters in any::<bool>(),
+        ) {
+            let max = max.max(min);
+            let cfg = DrainConfig { throughput, ..DrainConfig::default() };
+            check(&steps, &cfg, &bounds(min, max, step), counters, true)?;
         }
     }
 
@@ -751,6 +788,7 @@ mod tests {
                 arrivals: Some(e),
                 processed: Some(e - 10.0),
                 arrival_rate: None,
+                ready: None,
             };
             observe(&mut s, &cfg, &b, sample);
             assert_eq!(s.estimates.full, i < 15, "at {i} s");
@@ -761,6 +799,7 @@ mod tests {
             arrivals: Some(1200.0),
             processed: Some(1190.0),
             arrival_rate: None,
+            ready: None,
         };
         observe(&mut s, &cfg, &b, later);
         assert!(s.estimates.full, "rates trusted again after the long window");
@@ -785,7 +824,7 @@ mod tests {
                 &mut s,
                 &cfg,
                 &b,
-                Sample { at, backlog: e - c, arrivals: Some(e), processed: Some(c), arrival_rate: None },
+                Sample { at, backlog: e - c, arrivals: Some(e), processed: Some(c), arrival_rate: None, ready: None },
             );
             let (d, r) = s.desired().unwrap();
             if first.is_none() {
@@ -824,6 +863,7 @@ mod tests {
                     arrivals: Some(e),
                     processed: Some(e),
                     arrival_rate: None,
+                    ready: None,
                 },
             );
         }
@@ -840,7 +880,7 @@ mod tests {
                 &mut s,
                 &cfg,
                 &b,
-                Sample { at, backlog, arrivals: Some(e), processed: Some(19_500.0), arrival_rate: None },
+                Sample { at, backlog, arrivals: Some(e), processed: Some(19_500.0), arrival_rate: None, ready: None },
             );
             let (d, r) = s.desired().unwrap();
             if k >= 3 {

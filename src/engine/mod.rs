@@ -163,6 +163,14 @@ pub trait AuthRefResolver: Send + Sync {
     async fn resolve(&self, namespace: &str, name: &str) -> Result<HashMap<String, String>, String>;
 }
 
+/// The ready replicas of a ScaledObject's scale target, for `policy: drain` (its queue+R mode:
+/// the ready count read, not estimated from what ebb asked for). The `k8s` feature provides
+/// one backed by the Kubernetes API. Answers from what it last read, never blocking; `None`
+/// until a fresh count is known.
+pub trait ReadyReplicas: Send + Sync {
+    fn ready(&self, namespace: &str, scaled_object: &str) -> Option<u32>;
+}
+
 /// Turns trigger metadata into a scaler config: [`ebb_scalers::parse`] in production.
 pub type ParseFn = fn(&HashMap<String, String>) -> Result<Arc<dyn ebb_scalers::Scaler>, ConfigErrors>;
 
@@ -170,6 +178,7 @@ struct Inner {
     config: EngineConfig,
     parse: ParseFn,
     auth_refs: Option<Arc<dyn AuthRefResolver>>,
+    ready_replicas: Option<Arc<dyn ReadyReplicas>>,
     metrics: Arc<Metrics>,
     epoch: Instant,
     /// The wall clock the poll grid runs on.
@@ -215,6 +224,7 @@ impl Engine {
                 config,
                 parse,
                 auth_refs: None,
+                ready_replicas: None,
                 metrics,
                 epoch: Instant::now(),
                 clock: source::WallClock::new(),
@@ -228,6 +238,13 @@ impl Engine {
     /// Turns on `authenticationRef` lookups. Call before the engine is shared.
     pub fn with_auth_refs(mut self, resolver: Arc<dyn AuthRefResolver>) -> Self {
         Arc::get_mut(&mut self.inner).expect("engine not shared yet").auth_refs = Some(resolver);
+        self
+    }
+
+    /// Lets `policy: drain` read the scale target's ready replicas, for the namespaces the access
+    /// policy binds to `readyReplicas`. Call before the engine is shared.
+    pub fn with_ready_replicas(mut self, source: Arc<dyn ReadyReplicas>) -> Self {
+        Arc::get_mut(&mut self.inner).expect("engine not shared yet").ready_replicas = Some(source);
         self
     }
 
@@ -393,17 +410,32 @@ impl Engine {
         }
         self.make_room(&mut triggers, scaler.source_key())?;
         let source = self.source_for(scaler.as_ref(), options.polling_interval)?;
-        let t = Arc::new(Trigger::new(
-            namespace,
-            name,
-            metadata,
-            scaler,
-            options,
-            metric_name,
-            source.clone(),
-            self.inner.metrics.clone(),
-            self.inner.epoch,
-        ));
+        // The ready count is read with ebb's own Kubernetes identity: only for namespaces the
+        // operator bound to it, and only when the caller's namespace can be believed.
+        let ready = match (&self.inner.ready_replicas, &options.policy.rule) {
+            (Some(r), policy::Rule::Drain(_)) => match self.inner.config.access.check_ready_replicas(namespace) {
+                Ok(()) => Some(r.clone()),
+                Err(refusal) => {
+                    info!(namespace, scaledobject = name, %refusal, "policy: drain estimates the ready replicas");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let t = Arc::new(
+            Trigger::new(
+                namespace,
+                name,
+                metadata,
+                scaler,
+                options,
+                metric_name,
+                source.clone(),
+                self.inner.metrics.clone(),
+                self.inner.epoch,
+            )
+            .with_ready_replicas(ready),
+        );
         source.attach(&t);
         if let Some(p) = peer {
             t.new_caller(p.ip());

@@ -47,6 +47,8 @@ pub struct Trigger {
     open_streams: AtomicUsize,
     /// Caller addresses seen so far (capped), so each new caller is logged once.
     callers: Mutex<Vec<std::net::IpAddr>>,
+    /// Where `policy: drain` reads the scale target's ready replicas, when it may.
+    ready: Option<Arc<dyn super::ReadyReplicas>>,
 }
 
 /// Callers remembered per trigger; KEDA has a few (operator, metrics server, their replicas).
@@ -85,9 +87,15 @@ impl Trigger {
             last_access_millis: AtomicU64::new(0),
             open_streams: AtomicUsize::new(0),
             callers: Mutex::new(Vec::new()),
+            ready: None,
         };
         t.touch(epoch.max(Instant::now()));
         t
+    }
+
+    pub fn with_ready_replicas(mut self, ready: Option<Arc<dyn super::ReadyReplicas>>) -> Self {
+        self.ready = ready;
+        self
     }
 
     /// Records a caller; `true` the first time this address calls (and while the list is
@@ -122,9 +130,10 @@ impl Trigger {
     pub fn observe(&self, m: &Measurement, at: Instant) {
         let eval = self.scaler.evaluate(m);
         let counters = self.scaler.counters(m);
+        let ready = self.ready.as_ref().and_then(|r| r.ready(&self.namespace, &self.name));
         let decision = {
             let mut s = self.state.lock().expect("decision state lock");
-            decision::observe_with(&mut s, &self.options.policy, eval, counters, at);
+            decision::observe_with(&mut s, &self.options.policy, eval, counters, ready, at);
             if let super::policy::Rule::Drain(_) = self.options.policy.rule {
                 let e = s.drain_estimates();
                 if let Some(l) = e.arrival_rate {

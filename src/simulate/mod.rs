@@ -116,6 +116,10 @@ pub struct SimulateArgs {
     /// `minChangeIntervalSeconds` of the `ebb` rows [default: the trigger key's default, off].
     #[arg(long)]
     pub min_change_interval: Option<u64>,
+    /// The `ebb` rows read the scale target's ready replicas at each poll (queue+R: `serve --kube`
+    /// with `readyReplicas` bound), instead of estimating them from what they asked for.
+    #[arg(long)]
+    pub ready_replicas: bool,
     /// `aks` (the README's HPA `behavior` for ebb) or `aca` (Container Apps: scale-up at most
     /// max(4, 2×) per 15 s and 300 s scale-down stabilization, not configurable).
     #[arg(long, value_enum, default_value_t = Platform::Aks)]
@@ -367,7 +371,16 @@ pub fn simulate_trace(args: &SimulateArgs, trace: &Trace) -> Report {
         args.max_replicas,
     );
     let ebb = |name, policy, hpa| {
-        Ebb::new(name, args.ebb_polling_interval, args.keda_polling_interval, args.activation_threshold, policy, hpa)
+        let mut e = Ebb::new(
+            name,
+            args.ebb_polling_interval,
+            args.keda_polling_interval,
+            args.activation_threshold,
+            policy,
+            hpa,
+        );
+        e.read_ready = args.ready_replicas;
+        e
     };
     let source = Source { kind: args.source_kind, commit_interval: args.commit_interval };
     let mut rows: Vec<Box<dyn model::Controller>> =

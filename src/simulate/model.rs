@@ -290,6 +290,8 @@ pub struct Ebb {
     pub policy: Policy,
     pub keda: KedaLoop,
     pub hpa: Hpa,
+    /// Reads the Deployment's ready replicas at each poll (queue+R), as `serve --kube` does.
+    pub read_ready: bool,
     state: DecisionState,
     base: Instant,
     pushed: Option<bool>,
@@ -322,6 +324,7 @@ impl Ebb {
             policy,
             keda: KedaLoop::new(0),
             hpa,
+            read_ready: false,
             state,
             base: start + warmup,
             pushed: None,
@@ -369,7 +372,8 @@ impl Controller for Ebb {
                 max_consumers: None,
                 arrival_rate: None,
             };
-            decision::observe_with(&mut self.state, &self.policy, eval, counters, at);
+            let ready = self.read_ready.then(|| dep.ready(now));
+            decision::observe_with(&mut self.state, &self.policy, eval, counters, ready, at);
             let active = self.decide(now).active;
             if self.pushed != Some(active) {
                 self.pushed = Some(active);
