@@ -24,8 +24,9 @@
 //!   `threshold / 10 s` (the threshold read as 10 s of one replica's work). A count ebb lowered
 //!   may reach the pods only at the HPA's next sync (15 s), so for a while both counts may be
 //!   ready.
-//! - `R̂` (ready replicas): the smallest count ebb asked for over the last `startupSeconds` (new
-//!   pods need that long; removals are immediate).
+//! - `R̂` (ready replicas): read from the scale target when ebb may (queue+R: `serve --kube`);
+//!   else the smallest count ebb asked for over the last `startupSeconds` (new pods need that
+//!   long; removals are immediate).
 //!
 //! The drain term is at most twice the arrival rate (or one replica's rate): a larger surge
 //! buys little wait and the down path would hold it for a window.
@@ -43,9 +44,11 @@
 //! halving, never while the backlog is more than the ready replicas clear in `drainSeconds`,
 //! never while `λ_short ≥ 2·R̂·μ̂` (a burst), and never within `downWindowSeconds` of an
 //! increase unless that increase was a surge (above twice the rate part) whose backlog has
-//! drained. Zero only after `cooldownPeriod` with no backlog and no arrivals. Stalled consumers (`C` still for `stallPolls` polls while `B > 0`)
-//! hold the count: more replicas would not help. A counter going backwards (topic re-created,
-//! offsets rewound) drops the rate history for the long window.
+//! drained. `minChangeIntervalSeconds` (off by default) spaces changes out. Zero only after
+//! `cooldownPeriod` with no backlog and no arrivals. Stalled consumers (`C` still for
+//! `stallPolls` polls while `B > 0`) hold the count: more replicas would not help. A counter
+//! going backwards (topic re-created, offsets rewound) drops the rate history for the long
+//! window.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -395,9 +398,6 @@ pub fn observe(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, s: Sa
         Some(t) => t,
         None => {
             let mu = state.mu.unwrap_or(fallback);
-            // ΔC/Δt over the long window divided by R̂ is a replica's rate only if R̂ held
-            // over that window: a count raised within it divides the old replicas' work by the
-            // new count (a biased-low sample that then capped the probe for good).
             // ΔC/Δt over the long window, per replica: divided by the most replicas that may
             // have been ready then, it is a lower bound whatever the count did; a capacity only
             // when the count held (a count raised within the window divides the old replicas'
