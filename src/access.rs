@@ -146,40 +146,34 @@ impl Access {
 
     /// May `namespace` read its own TriggerAuthentications?
     pub fn check_auth_ref(&self, namespace: &str) -> Result<(), Refusal> {
+        self.check_kube_read(namespace, "authenticationRef", "TriggerAuthentication", |b| b.authentication_ref)
+    }
+
+    /// May `policy: drain` read `namespace`'s ScaledObjects and their scale targets?
+    pub fn check_ready_replicas(&self, namespace: &str) -> Result<(), Refusal> {
+        self.check_kube_read(namespace, "readyReplicas", "scale target", |b| b.ready_replicas)
+    }
+
+    /// ebb reads the Kubernetes API with its own identity in the namespace the request names:
+    /// only when that name can be believed and the operator bound the namespace to `key`.
+    fn check_kube_read(
+        &self,
+        namespace: &str,
+        key: &str,
+        what: &str,
+        bound: impl Fn(&Binding) -> bool,
+    ) -> Result<(), Refusal> {
         if !(self.mtls || self.policy.trust_caller_namespace) {
-            return Err(Refusal::Policy(
-                "authenticationRef: ebb cannot tell which namespace is calling, so it reads no \
-                 TriggerAuthentication (serve with mTLS for KEDA's client certificate, or set \
-                 access.trustCallerNamespace when a NetworkPolicy admits only KEDA)"
-                    .into(),
-            ));
-        }
-        if !self.policy.bindings_for(namespace).any(|b| b.authentication_ref) {
             return Err(Refusal::Policy(format!(
-                "authenticationRef: ebb's access policy does not let namespace {namespace:?} use \
-                 TriggerAuthentications (access.bindings[].authenticationRef in ebb's config)"
+                "{key}: ebb cannot tell which namespace is calling, so it reads no {what} (serve with \
+                 mTLS for KEDA's client certificate, or set access.trustCallerNamespace when a \
+                 NetworkPolicy admits only KEDA)"
             )));
         }
-        Ok(())
-    }
-}
-
-impl Access {
-    /// May `policy: drain` read `namespace`'s ScaledObjects and their scale targets with ebb's
-    /// Kubernetes identity? As for `authenticationRef`: a bound namespace and a caller namespace
-    /// ebb can believe.
-    pub fn check_ready_replicas(&self, namespace: &str) -> Result<(), Refusal> {
-        if !(self.mtls || self.policy.trust_caller_namespace) {
-            return Err(Refusal::Policy(
-                "readyReplicas: ebb cannot tell which namespace is calling, so it reads no scale target \
-                 (serve with mTLS for KEDA's client certificate, or set access.trustCallerNamespace)"
-                    .into(),
-            ));
-        }
-        if !self.policy.bindings_for(namespace).any(|b| b.ready_replicas) {
+        if !self.policy.bindings_for(namespace).any(bound) {
             return Err(Refusal::Policy(format!(
-                "readyReplicas: ebb's access policy does not let namespace {namespace:?} have its scale targets \
-                 read (access.bindings[].readyReplicas in ebb's config)"
+                "{key}: ebb's access policy does not let namespace {namespace:?} use it \
+                 (access.bindings[].{key} in ebb's config)"
             )));
         }
         Ok(())
@@ -309,6 +303,18 @@ bindings:
         assert!(a.check_auth_ref("orders").unwrap_err().to_string().contains("mTLS"));
         a.mtls = true;
         assert!(a.check_auth_ref("orders").is_ok());
+    }
+
+    #[test]
+    fn ready_replicas_need_a_binding_and_a_believable_namespace() {
+        let mut a = policy("bindings: [{namespaces: [orders], readyReplicas: true}, {namespaces: [other]}]");
+        assert!(a.check_ready_replicas("orders").unwrap_err().to_string().contains("mTLS"));
+        a.mtls = true;
+        assert!(a.check_ready_replicas("orders").is_ok());
+        let e = a.check_ready_replicas("other").unwrap_err().to_string();
+        assert!(e.contains("access.bindings[].readyReplicas") && e.contains("\"other\""), "{e}");
+        // One grant does not imply the other.
+        assert!(a.check_auth_ref("orders").is_err());
     }
 
     #[test]

@@ -12,17 +12,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::ebb::{so_owned, start_ebb};
+use common::ebb::{gauge, so_owned, start_ebb};
 use common::kafka::Tansu;
-
-/// The value of `name{…scaledobject="so"…}` on ebb's `/metrics`.
-async fn gauge(http: &reqwest::Client, addr: std::net::SocketAddr, name: &str, so: &str) -> Option<f64> {
-    let text = http.get(format!("http://{addr}/metrics")).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("scaledobject=\"{so}\"")))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arrival_and_processing_rates_converge_to_the_brokers() {
@@ -85,12 +76,10 @@ async fn arrival_and_processing_rates_converge_to_the_brokers() {
         let secs = t1.duration_since(t0).as_secs_f64();
         let (lambda, processing) = ((p1 - p0) as f64 / secs, (c1 - c0) as f64 / secs);
 
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let a = gauge(&http, srv.http_addr, "ebb_scaledobject_arrival_rate_per_second", "rates").await.expect("λ̂");
-        let mu = gauge(&http, srv.http_addr, "ebb_scaledobject_throughput_per_replica_per_second", "rates")
-            .await
-            .expect("μ̂");
-        let ready = gauge(&http, srv.http_addr, "ebb_scaledobject_ready_replicas_estimate", "rates").await.expect("R̂");
+        let labels = [("scaledobject", "rates")];
+        let a = gauge(srv.http_addr, "ebb_scaledobject_arrival_rate_per_second", &labels).await.expect("λ̂");
+        let mu = gauge(srv.http_addr, "ebb_scaledobject_throughput_per_replica_per_second", &labels).await.expect("μ̂");
+        let ready = gauge(srv.http_addr, "ebb_scaledobject_ready_replicas_estimate", &labels).await.expect("R̂");
         eprintln!(
             "broker: {lambda:.1} msg/s in, {processing:.1} msg/s committed; ebb: λ̂ {a:.1}, μ̂ {mu:.2} × R̂ {ready} = {:.1}",
             mu * ready

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::azurite::Azurite;
-use common::ebb::{so_owned, start_ebb};
+use common::ebb::{gauge, so_owned, start_ebb};
 use common::eventhubs::EventHubsDouble;
 use common::within;
 
@@ -132,6 +132,79 @@ async fn coalescing_20_scaled_objects() {
         assert!((1..=5).contains(&hub), "one hub request per interval: {hub}");
         assert!(parts <= 4 * hub + 4 && parts >= 4 * (hub - 1), "4 partition requests per poll: {parts} for {hub}");
         assert_eq!(srv.engine.source_count(), 1, "one source for {OBJECTS} ScaledObjects");
+        srv.shutdown().await;
+    })
+    .await;
+}
+
+/// Issue 16: `policy: drain` reads the rates Event Hubs shows. The double's partitions gain 20
+/// events a second each (40 in all) and the checkpoints in real Azurite blobs (goSdk layout)
+/// advance 8 a second each (16 in all: the consumers cannot keep up). ebb's arrival rate comes
+/// from Σ last enqueued sequence numbers, its processing rate (per-replica throughput × the
+/// replicas it counts as ready, held at the 2 partitions) from Σ checkpointed ones, both from the
+/// poll that gives the lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_rates_converge_to_the_hubs() {
+    within(TEST_LIMIT, "drain_rates_converge_to_the_hubs", async {
+        let az = Azurite::start();
+        let eh = EventHubsDouble::start(HUB, vec![(0, 99), (0, 99)]).await;
+        az.create_container("rates").await;
+        let checkpoint = |seq: i64, pid: &str| {
+            format!(r#"{{"checkpoint":{{"offset":1,"sequenceNumber":{seq}}},"partitionId":"{pid}"}}"#)
+        };
+        for pid in ["0", "1"] {
+            az.put_blob("rates", pid, &checkpoint(89, pid), &[]).await;
+        }
+        let (srv, keda) = start_ebb().await;
+        let md = metadata(
+            &eh,
+            &az,
+            &[
+                ("checkpointStrategy", "goSdk"),
+                ("blobContainer", "rates"),
+                ("outputMode", "replicas"),
+                ("policy", "drain"),
+                ("startupSeconds", "2"),
+                ("rateWindowShortSeconds", "5"),
+                ("rateWindowLongSeconds", "10"),
+            ],
+        );
+        keda.cycle(&so_owned("eh-rates", &md)).await.expect("first cycle");
+
+        let (add, done) = (20i64, 8i64);
+        let (mut end, mut seq) = (99i64, 89i64);
+        let start = std::time::Instant::now();
+        let mut history: Vec<(std::time::Instant, i64, i64)> = Vec::new();
+        while start.elapsed() < Duration::from_secs(30) {
+            let tick = std::time::Instant::now();
+            end += add;
+            seq += done;
+            for (i, pid) in ["0", "1"].iter().enumerate() {
+                eh.set_partition(i, 0, end);
+                az.put_blob("rates", pid, &checkpoint(seq, pid), &[]).await;
+            }
+            history.push((std::time::Instant::now(), end, seq));
+            tokio::time::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed())).await;
+        }
+        // What the hub really saw over the last 10 s (the loop may run slower than 1 s).
+        let (t1, e1, c1) = *history.last().unwrap();
+        let (t0, e0, c0) =
+            *history.iter().rev().find(|(t, _, _)| t1.duration_since(*t) >= Duration::from_secs(10)).unwrap();
+        let secs = t1.duration_since(t0).as_secs_f64();
+        let (lambda, processing) = (2.0 * (e1 - e0) as f64 / secs, 2.0 * (c1 - c0) as f64 / secs);
+
+        let labels = [("scaledobject", "eh-rates")];
+        let a = gauge(srv.http_addr, "ebb_scaledobject_arrival_rate_per_second", &labels).await.expect("λ̂");
+        let mu = gauge(srv.http_addr, "ebb_scaledobject_throughput_per_replica_per_second", &labels).await.expect("μ̂");
+        let ready = gauge(srv.http_addr, "ebb_scaledobject_ready_replicas_estimate", &labels).await.expect("R̂");
+        eprintln!(
+            "hub: {lambda:.1} ev/s in, {processing:.1} ev/s checkpointed; ebb: λ̂ {a:.1}, μ̂ {mu:.2} × R̂ {ready} = {:.1}",
+            mu * ready
+        );
+        assert!((a - lambda).abs() <= 0.3 * lambda, "λ̂ {a} vs {lambda}");
+        assert_eq!(ready, 2.0, "saturated: one consumer per partition");
+        assert!((mu * ready - processing).abs() <= 0.3 * processing, "μ̂·R̂ {} vs {processing}", mu * ready);
+        assert_eq!(eh.rejected(), 0);
         srv.shutdown().await;
     })
     .await;

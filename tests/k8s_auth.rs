@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use common::ebb::{assert_status, so_owned, start_ebb_with_opts};
+use common::ebb::{assert_status, gauge, so_owned, start_ebb_with_opts};
 use common::servicebus::ServiceBusDouble;
 use common::within;
 use ebb::k8s::KubeAuthRefs;
@@ -394,20 +394,6 @@ async fn secret_values_never_appear_in_errors() {
     .await;
 }
 
-/// The value of `name{…namespace="ns",scaledobject="so"…}` on ebb's `/metrics`.
-async fn gauge(addr: std::net::SocketAddr, name: &str, ns: &str, so: &str) -> Option<f64> {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let text = http.get(format!("http://{addr}/metrics")).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .find(|l| {
-            l.starts_with(&format!("{name}{{"))
-                && l.contains(&format!("namespace=\"{ns}\""))
-                && l.contains(&format!("scaledobject=\"{so}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// Issue 16, queue+R: with `serve --kube`, a `policy: drain` trigger on a queue (Service Bus:
 /// backlog only) uses the scale target's ready replicas as the Kubernetes API reports them, and
 /// follows them when they change; a namespace the access policy does not bind to
@@ -461,7 +447,7 @@ async fn drain_reads_the_scale_targets_ready_replicas() {
             async move {
                 let deadline = std::time::Instant::now() + Duration::from_secs(15);
                 loop {
-                    let got = gauge(addr, "ebb_scaledobject_ready_replicas_estimate", "default", "orders").await;
+                    let got = gauge(addr, "ebb_scaledobject_ready_replicas_estimate", &[("namespace", "default"), ("scaledobject", "orders")]).await;
                     if got == Some(want) {
                         return;
                     }
@@ -479,7 +465,7 @@ async fn drain_reads_the_scale_targets_ready_replicas() {
         wait_for(0.0).await;
 
         // The unbound namespace runs on ebb's estimate (≥ 1, never the Deployment's 7).
-        let other = gauge(srv.http_addr, "ebb_scaledobject_ready_replicas_estimate", "other", "orders").await;
+        let other = gauge(srv.http_addr, "ebb_scaledobject_ready_replicas_estimate", &[("namespace", "other"), ("scaledobject", "orders")]).await;
         assert!(other.is_some_and(|r| r >= 1.0 && r != 7.0), "other namespace R̂ {other:?}");
         let log = kube.log();
         assert!(log.iter().any(|l| l == "scaledobjects default/orders"), "{log:?}");

@@ -44,6 +44,19 @@ pub async fn start_ebb_with_opts(opts: ServeOptions) -> (Server, Keda) {
     (srv, keda)
 }
 
+/// The value of the series `name{…}` on ebb's `/metrics` whose labels include every
+/// `label="value"` of `labels`.
+pub async fn gauge(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let http = reqwest::Client::builder().no_proxy().build().ok()?;
+    let text = http.get(format!("http://{addr}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find(|l| {
+            l.starts_with(&format!("{name}{{")) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A ScaledObjectRef in namespace `default`.
 pub fn so(name: &str, metadata: &[(&str, &str)]) -> ScaledObjectRef {
     ScaledObjectRef {

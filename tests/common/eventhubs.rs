@@ -71,6 +71,11 @@ impl EventHubsDouble {
         EventHubsDouble { addr, state, task }
     }
 
+    /// Sets partition `id`'s (begin, end) sequence numbers: events enqueued since.
+    pub fn set_partition(&self, id: usize, begin: i64, end: i64) {
+        self.state.partitions.lock().unwrap()[id] = (begin, end);
+    }
+
     /// `Endpoint=sb://127.0.0.1:<port>/;…;EntityPath=<hub>` with `key`.
     pub fn connection_string_with(&self, key: &str) -> String {
         format!(
