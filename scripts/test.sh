@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included, on a fresh machine:
 #   1. install the real servers the integration tests start (scripts/install-services.sh);
-#   2. cargo test --workspace --all-targets --features k8s,kafka --no-fail-fast (unit, integration,
-#      bench smoke runs; `k8s` adds the TriggerAuthentication tests against a Kubernetes API double,
-#      `kafka` the Kafka lag scaler and its tests against a real broker);
-#   3. cargo test --workspace --doc --features k8s,kafka (the same features, so the build of
-#      step 2 is reused rather than a second set of artifacts built).
+#   2. cargo test --workspace --all-targets --features k8s,kafka,integration --no-fail-fast (unit,
+#      integration, bench smoke runs; `k8s` adds the Kubernetes API tests against its double,
+#      `kafka` the Kafka lag scaler and its tests against a real broker, `integration` every
+#      test that starts a real server);
+#   3. cargo test --workspace --doc with the same features (the build of step 2 is reused);
+#   4. cargo clippy --workspace --all-targets with the same features, warnings denied.
 # Each integration test starts its own servers on loopback and stops them itself, so
 # nothing is left running. Extra arguments go to both cargo test runs (e.g. a test filter).
 # Exits non-zero if any step failed; a failed install stops at once.
@@ -39,8 +40,10 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "==> cannot test without the services" >&2
   exit 1
 fi
-step cargo-test cargo test --workspace --all-targets --features k8s,kafka --no-fail-fast "$@"
-step doc-tests cargo test --workspace --doc --features k8s,kafka "$@"
+features=k8s,kafka,integration
+step cargo-test cargo test --workspace --all-targets --features "$features" --no-fail-fast "$@"
+step doc-tests cargo test --workspace --doc --features "$features" "$@"
+step clippy cargo clippy --workspace --all-targets --features "$features" -- -D warnings
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "==> FAILED: ${failed[*]} (total $((SECONDS - suite_start)) s)" >&2

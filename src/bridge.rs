@@ -58,7 +58,7 @@ fn default_namespace() -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum BridgeConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("{path}: {reason}")]
@@ -69,26 +69,27 @@ pub enum ConfigError {
 
 impl Config {
     /// Reads and checks a config file. Metadata is checked by the engine at start-up.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Self, BridgeConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| BridgeConfigError::Read { path: shown.clone(), source })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { reason, .. } => ConfigError::Parse { path: shown.clone(), reason },
-            ConfigError::Duplicate { namespace, name, .. } => {
-                ConfigError::Duplicate { path: shown.clone(), namespace, name }
+            BridgeConfigError::Parse { reason, .. } => BridgeConfigError::Parse { path: shown.clone(), reason },
+            BridgeConfigError::Duplicate { namespace, name, .. } => {
+                BridgeConfigError::Duplicate { path: shown.clone(), namespace, name }
             }
             other => other,
         })
     }
 
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+    pub fn parse(text: &str) -> Result<Self, BridgeConfigError> {
         let cfg: Config = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: String::new(), reason: e.to_string() })?;
-        cfg.access.validate().map_err(|reason| ConfigError::Parse { path: String::new(), reason })?;
+            .map_err(|e| BridgeConfigError::Parse { path: String::new(), reason: e.to_string() })?;
+        cfg.access.validate().map_err(|reason| BridgeConfigError::Parse { path: String::new(), reason })?;
         let mut seen = std::collections::HashSet::new();
         for so in &cfg.scaled_objects {
             if !seen.insert((so.namespace.as_str(), so.name.as_str())) {
-                return Err(ConfigError::Duplicate {
+                return Err(BridgeConfigError::Duplicate {
                     path: String::new(),
                     namespace: so.namespace.clone(),
                     name: so.name.clone(),
@@ -174,7 +175,10 @@ impl BridgeError {
     fn status(&self) -> StatusCode {
         match self {
             BridgeError::Unknown(_) => StatusCode::NOT_FOUND,
-            BridgeError::BadQuery(_) | BridgeError::Engine(EngineError::InvalidMetadata(_)) => StatusCode::BAD_REQUEST,
+            BridgeError::BadQuery(_)
+            | BridgeError::Engine(EngineError::InvalidMetadata(_) | EngineError::MetadataTooLarge { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
             BridgeError::Engine(EngineError::LimitReached { .. }) => StatusCode::TOO_MANY_REQUESTS,
             BridgeError::Engine(EngineError::PermissionDenied(_)) => StatusCode::FORBIDDEN,
             // Never a 200 with a made-up value: KEDA keeps its last state (or its fallback).
@@ -271,8 +275,8 @@ mod tests {
         assert_eq!(cfg.scaled_objects[0].namespace, "default");
         assert_eq!(cfg.scaled_objects[0].metadata["threshold"], "5");
         let dup = "scaledObjects:\n  - {name: a, metadata: {}}\n  - {name: a, namespace: default, metadata: {}}\n";
-        assert!(matches!(Config::parse(dup), Err(ConfigError::Duplicate { .. })));
-        assert!(matches!(Config::parse("scaledObject: []\n"), Err(ConfigError::Parse { .. })));
+        assert!(matches!(Config::parse(dup), Err(BridgeConfigError::Duplicate { .. })));
+        assert!(matches!(Config::parse("scaledObject: []\n"), Err(BridgeConfigError::Parse { .. })));
         assert_eq!(Config::parse("").unwrap_or_default(), Config::default());
     }
 

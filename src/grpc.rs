@@ -23,11 +23,11 @@ use crate::proto::{
 
 /// The gRPC service.
 #[derive(Clone)]
-pub struct Scaler {
+pub struct ScalerService {
     engine: Engine,
 }
 
-impl Scaler {
+impl ScalerService {
     pub fn new(engine: Engine) -> Self {
         Self { engine }
     }
@@ -42,9 +42,7 @@ pub fn to_status(e: EngineError) -> Status {
     match e {
         EngineError::InvalidMetadata(_) => Status::invalid_argument(e.to_string()),
         EngineError::FirstPollPending { .. } | EngineError::Unavailable { .. } => Status::unavailable(e.to_string()),
-        EngineError::LimitReached { flag, .. } if flag.starts_with("--max-metadata") => {
-            Status::invalid_argument(e.to_string())
-        }
+        EngineError::MetadataTooLarge { .. } => Status::invalid_argument(e.to_string()),
         EngineError::LimitReached { .. } => Status::resource_exhausted(e.to_string()),
         EngineError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
     }
@@ -68,7 +66,7 @@ pub fn metric_value(name: &str, v: f64) -> MetricValue {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl ExternalScaler for Scaler {
+impl ExternalScaler for ScalerService {
     #[instrument(level = "debug", skip_all, fields(namespace = %req.get_ref().namespace, scaledobject = %req.get_ref().name))]
     async fn is_active(&self, req: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
         let t = self.trigger(&req, req.get_ref()).await?;

@@ -98,10 +98,10 @@ pub async fn spawn(opts: ServeOptions) -> anyhow::Result<Server> {
 
     let ready = Arc::new(AtomicBool::new(false));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ExternalScalerServer<grpc::Scaler>>().await;
+    health_reporter.set_serving::<ExternalScalerServer<grpc::ScalerService>>().await;
 
     let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
-    let scaler = ExternalScalerServer::new(grpc::Scaler::new(engine.clone()));
+    let scaler = ExternalScalerServer::new(grpc::ScalerService::new(engine.clone()));
     let tls = opts.tls.clone().map(crate::tls::Reloading::new).transpose().context("gRPC TLS")?.map(Arc::new);
     let grpc_task = tokio::spawn(async move {
         let router = tonic::transport::Server::builder().add_service(health_service).add_service(scaler);

@@ -6,6 +6,10 @@
 //! installed by `scripts/install-services.sh`) and its own ebb server on `127.0.0.1:0`. Every
 //! wait is bounded.
 
+// Starts real servers (scripts/install-services.sh): built with `--features integration`,
+// which scripts/test.sh (and so CI) turns on.
+#![cfg(feature = "integration")]
+
 mod common;
 
 use common::within;

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+#[cfg(feature = "integration")]
 use common::PromStack;
 use common::ebb::{so_owned, start_ebb_with_opts};
 use common::within;
@@ -16,6 +17,7 @@ use ebb::server::ServeOptions;
 const TEST_LIMIT: Duration = Duration::from_secs(90);
 const SCRAPE_WAIT: Duration = Duration::from_secs(30);
 
+#[cfg(feature = "integration")]
 fn config(prometheus: &str, metric: &str) -> Config {
     Config::parse(&format!(
         r#"
@@ -68,6 +70,8 @@ fn url_escape(s: &str) -> String {
         .collect()
 }
 
+// A real Prometheus (scripts/install-services.sh): with `--features integration`, as scripts/test.sh runs it.
+#[cfg(feature = "integration")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_api_and_prometheus_rules_read_ebbs_decision() {
     within(TEST_LIMIT, "metrics_api_and_prometheus_rules_read_ebbs_decision", async {

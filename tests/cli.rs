@@ -5,6 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+#[cfg(feature = "integration")]
 use common::PromStack;
 
 fn ebb(args: &[&str]) -> std::process::Output {
@@ -12,10 +13,13 @@ fn ebb(args: &[&str]) -> std::process::Output {
 }
 
 /// Runs `ebb` off the async workers.
+#[cfg(feature = "integration")]
 async fn ebb_async(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || ebb(&args.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap()
 }
 
+// A real Prometheus (scripts/install-services.sh): with `--features integration`, as scripts/test.sh runs it.
+#[cfg(feature = "integration")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_polls_once_and_prints_metric_activity_and_replicas() {
     let stack = PromStack::start().await;

@@ -6,7 +6,7 @@
 //! offsets, both from the same poll that gives the lag. `maxReplicaCount: 4` keeps the count ebb
 //! asks for (and so counts as ready after `startupSeconds`) at 4 while the lag grows.
 
-#![cfg(feature = "kafka")]
+#![cfg(all(feature = "kafka", feature = "integration"))]
 
 mod common;
 

@@ -3,6 +3,10 @@
 //! verified on every request) for partition info, and a real Azurite blob service holding the
 //! checkpoint blobs in all five layouts.
 
+// Starts real servers (scripts/install-services.sh): built with `--features integration`,
+// which scripts/test.sh (and so CI) turns on.
+#![cfg(feature = "integration")]
+
 mod common;
 
 use std::time::Duration;

@@ -14,6 +14,10 @@
 //! - recovery once the source heals, within one polling interval (1 s) plus the poll itself,
 //!   or the throttling wait after 429/503.
 
+// Starts real servers (scripts/install-services.sh): built with `--features integration`,
+// which scripts/test.sh (and so CI) turns on.
+#![cfg(feature = "integration")]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};

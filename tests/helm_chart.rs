@@ -4,6 +4,10 @@
 //! against their CRD schemas; the KEDA examples in deploy/keda are validated too. See
 //! scripts/helm-chart-check.py. The tools come from scripts/install-services.sh.
 
+// Starts real servers (scripts/install-services.sh): built with `--features integration`,
+// which scripts/test.sh (and so CI) turns on.
+#![cfg(feature = "integration")]
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! batched produce, standalone and group commits, and the broker's own watermarks and committed
 //! offsets as read back through rdkafka. No ebb involved; every call is bounded.
 
-#![cfg(feature = "kafka")]
+#![cfg(all(feature = "kafka", feature = "integration"))]
 
 mod common;
 

@@ -5,7 +5,7 @@
 //! the numbers the broker itself reports (ListOffsets and OffsetFetch read by the test's own
 //! clients), for every rule of KEDA's `kafka` scaler.
 
-#![cfg(feature = "kafka")]
+#![cfg(all(feature = "kafka", feature = "integration"))]
 
 mod common;
 

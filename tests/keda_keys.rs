@@ -9,6 +9,10 @@
 //! ebb refuse its certificate) unless the ebb-only key `sourceUnsafeSsl` says otherwise. Over a
 //! plaintext hop `unsafeSsl` keeps its KEDA meaning for the source (parity).
 
+// Starts real servers (scripts/install-services.sh): built with `--features integration`,
+// which scripts/test.sh (and so CI) turns on.
+#![cfg(feature = "integration")]
+
 mod common;
 
 use std::path::Path;

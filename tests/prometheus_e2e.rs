@@ -6,6 +6,10 @@
 //! Every wait is bounded: each test has an overall limit, each RPC KEDA's 3 s deadline and
 //! every polling loop a count and a time bound.
 
+// Starts real servers (scripts/install-services.sh): built with `--features integration`,
+// which scripts/test.sh (and so CI) turns on.
+#![cfg(feature = "integration")]
+
 mod common;
 
 use common::{until, within};

@@ -8,6 +8,10 @@
 //! lands between the two replicas publishing the same tick (a few milliseconds of poll latency
 //! apart). The figures are printed; the bounds are the (99 % `replicas`, 95 % `metric`).
 
+// Starts real servers (scripts/install-services.sh): built with `--features integration`,
+// which scripts/test.sh (and so CI) turns on.
+#![cfg(feature = "integration")]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -11,6 +11,10 @@
 //! Every wait is bounded: the test by [`TEST_LIMIT`], each RPC by KEDA's 3 s deadline, each CLI
 //! run by [`CLI_LIMIT`].
 
+// Starts real servers (scripts/install-services.sh): built with `--features integration`,
+// which scripts/test.sh (and so CI) turns on.
+#![cfg(feature = "integration")]
+
 mod common;
 
 use std::collections::HashMap;

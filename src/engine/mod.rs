@@ -138,6 +138,10 @@ pub enum EngineError {
     /// A limit of this ebb was reached; `flag` names it.
     #[error("limit reached: {what} (ebb serve {flag} {limit})")]
     LimitReached { what: String, flag: &'static str, limit: usize },
+    /// The request's metadata is larger than this ebb accepts (the caller's to fix, unlike
+    /// [`EngineError::LimitReached`]); `flag` names the limit.
+    #[error("limit reached: {what} (ebb serve {flag} {limit})")]
+    MetadataTooLarge { what: String, flag: &'static str, limit: usize },
     /// The operator's access policy does not let this namespace use what it asked for.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -172,11 +176,11 @@ pub trait ReadyReplicas: Send + Sync {
 }
 
 /// Turns trigger metadata into a scaler config: [`ebb_scalers::parse`] in production.
-pub type ParseFn = fn(&HashMap<String, String>) -> Result<Arc<dyn ebb_scalers::Scaler>, ConfigErrors>;
+pub type TriggerParser = fn(&HashMap<String, String>) -> Result<Arc<dyn ebb_scalers::Scaler>, ConfigErrors>;
 
 struct Inner {
     config: EngineConfig,
-    parse: ParseFn,
+    parse: TriggerParser,
     auth_refs: Option<Arc<dyn AuthRefResolver>>,
     ready_replicas: Option<Arc<dyn ReadyReplicas>>,
     metrics: Arc<Metrics>,
@@ -215,7 +219,7 @@ impl Engine {
     }
 
     /// An engine with its own scaler registry (tests use scalers they control).
-    pub fn with_parser(config: EngineConfig, metrics: Arc<Metrics>, parse: ParseFn) -> Self {
+    pub fn with_parser(config: EngineConfig, metrics: Arc<Metrics>, parse: TriggerParser) -> Self {
         let poll_permits = Arc::new(tokio::sync::Semaphore::new(config.limits.concurrent_polls.max(1)));
         Self {
             inner: Arc::new(Inner {
@@ -668,7 +672,7 @@ impl Engine {
 /// `--max-metadata-entries` and `--max-metadata-bytes`, checked before anything else.
 fn check_metadata_size(metadata: &HashMap<String, String>, limits: &Limits) -> Result<(), EngineError> {
     if metadata.len() > limits.metadata_entries {
-        return Err(EngineError::LimitReached {
+        return Err(EngineError::MetadataTooLarge {
             what: format!("{} metadata entries", metadata.len()),
             flag: "--max-metadata-entries",
             limit: limits.metadata_entries,
@@ -676,7 +680,7 @@ fn check_metadata_size(metadata: &HashMap<String, String>, limits: &Limits) -> R
     }
     let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
     if bytes > limits.metadata_bytes {
-        return Err(EngineError::LimitReached {
+        return Err(EngineError::MetadataTooLarge {
             what: format!("{bytes} bytes of metadata"),
             flag: "--max-metadata-bytes",
             limit: limits.metadata_bytes,

@@ -7,6 +7,9 @@
 //! sender rides in the request's opaque pointer), logs, errors and OAUTHBEARER token refreshes
 //! (librdkafka's main queue is forwarded to it). Metadata is rdkafka's blocking call, run with
 //! `spawn_blocking`. Every request carries a timeout, and every wait is bounded too.
+//!
+//! The only module allowed `unsafe` (the workspace denies it); each block says why it is sound.
+#![allow(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, c_char, c_void};
@@ -66,12 +69,17 @@ struct Inner {
 
 /// librdkafka queues are thread-safe.
 struct Queue(*mut rd::rd_kafka_queue_t);
+// SAFETY: librdkafka's queue functions lock internally ("all of the API is thread-safe"); the
+// pointer is destroyed only in `Inner::drop`, after the event thread has stopped using it.
 unsafe impl Send for Queue {}
+// SAFETY: as for `Send`: concurrent `rd_kafka_queue_poll` and admin calls on one queue are safe.
 unsafe impl Sync for Queue {}
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // Unforward the main queue before our queue goes; the handle itself drops after this.
+        // SAFETY: `client` is still alive (fields drop after this body), so its main queue can be
+        // taken and released; `queue` was created by `rd_kafka_queue_new` and is destroyed once.
         unsafe {
             let main = rd::rd_kafka_queue_get_main(self.client.native_ptr());
             rd::rd_kafka_queue_forward(main, ptr::null_mut());
@@ -83,10 +91,13 @@ impl Drop for Inner {
 
 /// An owned librdkafka event.
 struct Event(*mut rd::rd_kafka_event_t);
+// SAFETY: an event is owned by exactly one `Event` (moved through the reply channel, never
+// shared), and librdkafka events may be read and destroyed from any thread.
 unsafe impl Send for Event {}
 
 impl Drop for Event {
     fn drop(&mut self) {
+        // SAFETY: the pointer came from `rd_kafka_queue_poll` (non-null) and is destroyed once.
         unsafe { rd::rd_kafka_event_destroy(self.0) }
     }
 }
@@ -97,6 +108,7 @@ impl KafkaClient {
     fn new(conn: &Connection) -> Result<Self, String> {
         let cfg = client_config(conn);
         let native = cfg.create_native_config().map_err(|e| e.to_string())?;
+        // SAFETY: `native` owns a valid configuration that no handle uses yet.
         unsafe {
             rd::rd_kafka_conf_set_events(
                 native.ptr(),
@@ -106,6 +118,8 @@ impl KafkaClient {
         // Admin requests need a handle of either type; a producer is the lighter one.
         let client = Client::new(&cfg, native, RDKafkaType::RD_KAFKA_PRODUCER, DefaultClientContext)
             .map_err(|e| e.to_string())?;
+        // SAFETY: `rk` is the live handle `client` owns; the main queue reference taken here is
+        // released at once, the new queue is owned by `Queue` and destroyed in `Inner::drop`.
         let queue = unsafe {
             let rk = client.native_ptr();
             let queue = rd::rd_kafka_queue_new(rk);
@@ -201,13 +215,16 @@ fn client_config(conn: &Connection) -> ClientConfig {
 fn event_loop(inner: &Inner) {
     let mut token_runtime: Option<tokio::runtime::Runtime> = None;
     while !inner.stop.load(Ordering::Relaxed) {
+        // SAFETY: the queue lives as long as `inner`, which this thread holds.
         let ev = unsafe { rd::rd_kafka_queue_poll(inner.queue.0, 100) };
         if ev.is_null() {
             continue;
         }
         let ev = Event(ev);
+        // SAFETY: `ev` is a live, non-null event owned here.
         match unsafe { rd::rd_kafka_event_type(ev.0) } {
             rd::RD_KAFKA_EVENT_LISTCONSUMERGROUPOFFSETS_RESULT | rd::RD_KAFKA_EVENT_LISTOFFSETS_RESULT => {
+                // SAFETY: `ev` is live.
                 let opaque = unsafe { rd::rd_kafka_event_opaque(ev.0) };
                 if !opaque.is_null() {
                     // SAFETY: `submit` put a `Box<Reply>` there and each result arrives once.
@@ -217,12 +234,16 @@ fn event_loop(inner: &Inner) {
             }
             rd::RD_KAFKA_EVENT_LOG => {
                 let (mut fac, mut msg, mut level) = (ptr::null(), ptr::null(), 0);
+                // SAFETY: `ev` is a live log event; the out-pointers are valid locals.
                 if unsafe { rd::rd_kafka_event_log(ev.0, &mut fac, &mut msg, &mut level) } == 0 {
-                    tracing::debug!(level, facility = %cstr(fac), "librdkafka: {}", cstr(msg));
+                    // SAFETY: on success both point at strings owned by the live `ev`.
+                    let (fac, msg) = unsafe { (cstr(fac), cstr(msg)) };
+                    tracing::debug!(level, facility = %fac, "librdkafka: {msg}");
                 }
             }
             rd::RD_KAFKA_EVENT_ERROR => {
-                let msg = cstr(unsafe { rd::rd_kafka_event_error_string(ev.0) });
+                // SAFETY: `ev` is live; the string it returns lives as long as the event.
+                let msg = unsafe { cstr(rd::rd_kafka_event_error_string(ev.0)) };
                 tracing::debug!("librdkafka error: {msg}");
             }
             rd::RD_KAFKA_EVENT_OAUTHBEARER_TOKEN_REFRESH => refresh_token(inner, &mut token_runtime),
@@ -231,7 +252,12 @@ fn event_loop(inner: &Inner) {
     }
 }
 
-fn cstr(p: *const c_char) -> String {
+/// A copy of a C string (empty for null).
+///
+/// # Safety
+/// `p` is null or a NUL-terminated string that stays alive for the call.
+unsafe fn cstr(p: *const c_char) -> String {
+    // SAFETY: the caller's contract.
     if p.is_null() { String::new() } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().trim().to_owned() }
 }
 
@@ -240,6 +266,7 @@ fn refresh_token(inner: &Inner, runtime: &mut Option<tokio::runtime::Runtime>) {
     let rk = inner.client.native_ptr();
     let fail = |why: &str| {
         let why = CString::new(why.replace('\0', " ")).unwrap_or_default();
+        // SAFETY: `rk` is the live handle; `why` outlives the call, which copies it.
         unsafe { rd::rd_kafka_oauthbearer_set_token_failure(rk, why.as_ptr()) };
     };
     let Some(oauth) = &inner.oauth else { return fail("no OAuth settings") };
@@ -272,6 +299,8 @@ fn refresh_token(inner: &Inner, runtime: &mut Option<tokio::runtime::Runtime>) {
         oauth.extensions.iter().flat_map(|(k, v)| [k, v]).filter_map(|s| CString::new(s.as_str()).ok()).collect();
     let mut ext_ptrs: Vec<*const c_char> = ext.iter().map(|s| s.as_ptr()).collect();
     let mut err = [0 as c_char; 512];
+    // SAFETY: every pointer is to a CString or buffer alive for the whole call (librdkafka copies
+    // them); `ext_ptrs` holds key/value pairs, its length even, as the API requires.
     let code = unsafe {
         rd::rd_kafka_oauthbearer_set_token(
             rk,
@@ -285,7 +314,8 @@ fn refresh_token(inner: &Inner, runtime: &mut Option<tokio::runtime::Runtime>) {
         )
     };
     if code != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
-        let msg = cstr(err.as_ptr());
+        // SAFETY: librdkafka writes a NUL-terminated message into `err` (zeroed beforehand).
+        let msg = unsafe { cstr(err.as_ptr()) };
         tracing::warn!("librdkafka refused the OAUTHBEARER token: {msg}");
         fail(&msg);
     }
@@ -303,11 +333,14 @@ struct PartitionList(*mut rd::rd_kafka_topic_partition_list_t);
 
 impl PartitionList {
     fn new(parts: &[(Arc<str>, i32)], offset: Option<i64>) -> Result<Self, PollError> {
+        // SAFETY: allocates a list owned (and destroyed) by `PartitionList`.
         let list = PartitionList(unsafe { rd::rd_kafka_topic_partition_list_new(parts.len() as i32) });
         for (topic, partition) in parts {
             let t = CString::new(topic.as_bytes()).map_err(|_| PollError::Rejected("topic holds a NUL byte".into()))?;
+            // SAFETY: `list` is live; the topic string is copied by librdkafka.
             let elem = unsafe { rd::rd_kafka_topic_partition_list_add(list.0, t.as_ptr(), *partition) };
             if let Some(o) = offset {
+                // SAFETY: `_add` returns a pointer to the element it just appended, never null.
                 unsafe { (*elem).offset = o };
             }
         }
@@ -315,11 +348,12 @@ impl PartitionList {
     }
 }
 
-// Owned by one task at a time.
+// SAFETY: owned by one task at a time and never shared; librdkafka lists are plain heap data.
 unsafe impl Send for PartitionList {}
 
 impl Drop for PartitionList {
     fn drop(&mut self) {
+        // SAFETY: created by `_list_new`, destroyed once here.
         unsafe { rd::rd_kafka_topic_partition_list_destroy(self.0) }
     }
 }
@@ -333,10 +367,13 @@ unsafe fn read_list(list: *const rd::rd_kafka_topic_partition_list_t, what: &str
     if list.is_null() {
         return Ok(out);
     }
+    // SAFETY: the caller guarantees `list` is valid; `elems` holds `cnt` elements.
     let (elems, n) = unsafe { ((*list).elems, (*list).cnt.max(0) as usize) };
     for i in 0..n {
+        // SAFETY: `i < cnt`, and the list outlives this borrow (the caller holds its event).
         let e = unsafe { &*elems.add(i) };
-        let topic: Arc<str> = cstr(e.topic).into();
+        // SAFETY: the element's topic is a string owned by the list.
+        let topic: Arc<str> = unsafe { cstr(e.topic) }.into();
         if e.err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
             return Err(kafka_error(e.err.into(), &format!("{what} for {topic}/{}", e.partition)));
         }
@@ -369,6 +406,9 @@ impl KafkaClient {
     ) -> oneshot::Receiver<Event> {
         let (tx, rx) = oneshot::channel::<Event>();
         let rk = self.inner.client.native_ptr();
+        // SAFETY: `rk` and the queue are live for as long as `self`; the options are created and
+        // destroyed here (librdkafka copies them into the request). The boxed sender is taken
+        // back exactly once, by the event thread, from the one result event of the request.
         unsafe {
             let opts = rd::rd_kafka_AdminOptions_new(rk, op);
             let mut err = [0 as c_char; 256];
@@ -391,9 +431,11 @@ impl KafkaClient {
             Ok(Err(_)) => return Err(PollError::Connect(format!("{what}: the Kafka client closed"))),
             Err(_) => return Err(PollError::Timeout(REQUEST_TIMEOUT)),
         };
+        // SAFETY: `ev` is a live event owned here.
         let err = unsafe { rd::rd_kafka_event_error(ev.0) };
         if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
-            let msg = cstr(unsafe { rd::rd_kafka_event_error_string(ev.0) });
+            // SAFETY: as above; the string lives as long as `ev`.
+            let msg = unsafe { cstr(rd::rd_kafka_event_error_string(ev.0)) };
             return Err(kafka_error(err.into(), &format!("{what} ({msg})")));
         }
         Ok(ev)
@@ -404,6 +446,8 @@ impl KafkaClient {
     async fn committed(&self, group: &str, parts: Option<&[(Arc<str>, i32)]>) -> Result<Offsets, PollError> {
         let group_c = CString::new(group).map_err(|_| PollError::Rejected("consumer group holds a NUL byte".into()))?;
         let list = parts.map(|p| PartitionList::new(p, None)).transpose()?;
+        // SAFETY: `submit` passes a live handle, options and queue; `group_c` and `list` outlive
+        // the call (librdkafka copies the request), which is destroyed after it.
         let rx =
             self.submit(rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS, |rk, opts, q| unsafe {
                 let mut req = rd::rd_kafka_ListConsumerGroupOffsets_new(
@@ -414,11 +458,16 @@ impl KafkaClient {
                 rd::rd_kafka_ListConsumerGroupOffsets_destroy(req);
             });
         let ev = Self::wait(rx, "OffsetFetch").await?;
+        // SAFETY: `ev` is live for this block and owns everything read from it; each pointer is
+        // checked for null before it is followed.
         unsafe {
             let res = rd::rd_kafka_event_ListConsumerGroupOffsets_result(ev.0);
+            if res.is_null() {
+                return Err(PollError::Malformed("OffsetFetch answered without a result".into()));
+            }
             let mut n = 0usize;
             let groups = rd::rd_kafka_ListConsumerGroupOffsets_result_groups(res, &mut n);
-            if res.is_null() || groups.is_null() || n != 1 {
+            if groups.is_null() || n != 1 {
                 return Err(PollError::Malformed(format!("OffsetFetch answered for {n} groups, not 1")));
             }
             let g = *groups;
@@ -440,11 +489,14 @@ impl KafkaClient {
             return Ok(HashMap::new());
         }
         let list = PartitionList::new(parts, Some(rd::rd_kafka_OffsetSpec_t::RD_KAFKA_OFFSET_SPEC_LATEST as i64))?;
+        // SAFETY: `submit` passes a live handle, options and queue; `list` outlives the call.
         let rx = self.submit(rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTOFFSETS, |rk, opts, q| unsafe {
             rd::rd_kafka_ListOffsets(rk, list.0, opts, q);
         });
         let ev = Self::wait(rx, "ListOffsets").await?;
         let mut out = HashMap::new();
+        // SAFETY: `ev` is live for this block and owns the result; `infos` holds `n` entries and
+        // each topic-partition pointer is checked for null.
         unsafe {
             let res = rd::rd_kafka_event_ListOffsets_result(ev.0);
             if res.is_null() {
