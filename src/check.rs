@@ -3,13 +3,12 @@
 
 use std::collections::HashMap;
 
-use ebb_scalers::Metadata;
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::engine::decision::{self, DecisionState};
-use crate::engine::policy::{self, OutputMode};
-use crate::engine::{EngineError, keda_keys, trigger};
+use crate::engine::policy::OutputMode;
+use crate::engine::{self, Assembled, EngineError, keda_keys, trigger};
 
 /// What one check saw.
 #[derive(Debug, Clone, Serialize)]
@@ -108,21 +107,23 @@ pub fn parse_pairs(args: &[String]) -> Result<HashMap<String, String>, String> {
 /// ebb's identity goes only where `serve` would send it; the operator running `check` is trusted
 /// with named secrets, so namespace bindings do not apply here.
 pub async fn run(sent: &HashMap<String, String>, opts: &CheckOptions) -> Result<CheckReport, CheckError> {
-    let view = keda_keys::source_view(sent, sent, keda_keys::Door::Keda { tls: opts.grpc_tls });
-    let metadata = &view.metadata;
-    let scaler = ebb_scalers::parse(metadata).map_err(EngineError::from)?;
-    for held in scaler.held() {
-        if let ebb_scalers::trust::Held::Identity(u) = held {
-            opts.endpoints.check(&u).map_err(|e| EngineError::InvalidMetadata(e.into()))?;
+    let endpoints = &opts.endpoints;
+    let allow = |held: &[ebb_scalers::trust::Held]| -> Result<(), EngineError> {
+        for h in held {
+            if let ebb_scalers::trust::Held::Identity(u) = h {
+                endpoints.check(u).map_err(|e| EngineError::InvalidMetadata(e.into()))?;
+            }
         }
-    }
-    let options = policy::parse(&Metadata::new(metadata), scaler.target()).map_err(EngineError::from)?;
+        Ok(())
+    };
+    let door = keda_keys::Door::Keda { tls: opts.grpc_tls };
+    let Assembled { view, scaler, options, floored_from } =
+        engine::assemble(sent, sent, door, ebb_scalers::parse, allow, opts.min_polling_interval)?;
     let mut notes = Vec::new();
-    let polling_interval = options.polling_interval.max(opts.min_polling_interval);
-    if polling_interval > options.polling_interval {
+    if let Some(asked) = floored_from {
         notes.push(format!(
-            "pollingInterval {:?} is below --min-polling-interval: serve polls every {:?}",
-            options.polling_interval, polling_interval
+            "pollingInterval {asked:?} is below --min-polling-interval: serve polls every {:?}",
+            options.polling_interval
         ));
     }
     let poller = scaler.poller().map_err(EngineError::from)?;
@@ -157,7 +158,7 @@ pub async fn run(sent: &HashMap<String, String>, opts: &CheckOptions) -> Result<
         metric_name: options
             .metric_name
             .clone()
-            .unwrap_or_else(|| trigger::default_metric_name(scaler.scaler_type(), metadata)),
+            .unwrap_or_else(|| trigger::default_metric_name(scaler.scaler_type(), sent)),
         target,
         output_mode: match options.policy.output_mode {
             OutputMode::Metric => "metric",
@@ -167,10 +168,10 @@ pub async fn run(sent: &HashMap<String, String>, opts: &CheckOptions) -> Result<
         active: d.active,
         desired_replicas: d.desired_replicas,
         poll_ms,
-        polling_interval_s: polling_interval.as_secs_f64(),
+        polling_interval_s: options.polling_interval.as_secs_f64(),
         notes,
         source_keys: {
-            let mut k: Vec<String> = metadata.keys().cloned().collect();
+            let mut k: Vec<String> = view.metadata.keys().cloned().collect();
             k.sort();
             k
         },

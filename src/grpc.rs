@@ -14,7 +14,6 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
 use crate::engine::{Engine, EngineError, Trigger};
-use crate::metrics::RpcLabels;
 use crate::proto::external_scaler_server::ExternalScaler;
 use crate::proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
@@ -83,11 +82,12 @@ impl ExternalScaler for ScalerService {
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let permit = self.engine.stream_permit().map_err(to_status)?;
         let t = self.trigger(&req, req.get_ref()).await?;
+        let lease = permit.lease(&t, self.engine.metrics(), "StreamIsActive");
         let (tx, rx) = mpsc::channel(4);
         let engine = self.engine.clone();
         tokio::spawn(async move {
             push_activity(engine, t, tx).await;
-            drop(permit);
+            drop(lease);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -120,14 +120,11 @@ impl ExternalScaler for ScalerService {
     ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
         let permit = self.engine.stream_permit().map_err(to_status)?;
         let t = self.trigger(&req, req.get_ref()).await?;
+        let lease = permit.lease(&t, self.engine.metrics(), "StreamMetricSpec");
         let (tx, rx) = mpsc::channel(1);
         let engine = self.engine.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let metrics = engine.metrics().clone();
-            let labels = RpcLabels { rpc: "StreamMetricSpec".into() };
-            let _guard = t.stream_guard();
-            metrics.active_streams.get_or_create(&labels).inc();
+            let _lease = lease;
             // The target follows from the metadata, which a stream cannot change: send it
             // once, at open, then hold the stream until KEDA closes it.
             let spec = GetMetricSpecResponse { metric_specs: vec![metric_spec(&t)] };
@@ -137,7 +134,6 @@ impl ExternalScaler for ScalerService {
                     _ = engine.closed() => {}
                 }
             }
-            metrics.active_streams.get_or_create(&labels).dec();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -147,10 +143,6 @@ impl ExternalScaler for ScalerService {
 /// then every change right after the poll that saw it. Errors send nothing: KEDA ignores
 /// `false` on this stream anyway, and a fault must never look like inactivity.
 async fn push_activity(engine: Engine, t: Arc<Trigger>, tx: mpsc::Sender<Result<IsActiveResponse, Status>>) {
-    let labels = RpcLabels { rpc: "StreamIsActive".into() };
-    let metrics = engine.metrics().clone();
-    let _guard = t.stream_guard();
-    metrics.active_streams.get_or_create(&labels).inc();
     let mut status = t.source.status();
     let mut last: Option<bool> = None;
     loop {
@@ -171,5 +163,4 @@ async fn push_activity(engine: Engine, t: Arc<Trigger>, tx: mpsc::Sender<Result<
             _ = engine.closed() => break,
         }
     }
-    metrics.active_streams.get_or_create(&labels).dec();
 }

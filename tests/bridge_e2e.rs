@@ -9,12 +9,15 @@ use std::time::Duration;
 
 #[cfg(feature = "integration")]
 use common::PromStack;
-use common::ebb::{so_owned, start_ebb_with_opts};
+#[cfg(feature = "integration")]
+use common::ebb::so_owned;
+use common::ebb::start_ebb_with_opts;
 use common::within;
 use ebb::bridge::Config;
 use ebb::server::ServeOptions;
 
 const TEST_LIMIT: Duration = Duration::from_secs(90);
+#[cfg(feature = "integration")]
 const SCRAPE_WAIT: Duration = Duration::from_secs(30);
 
 #[cfg(feature = "integration")]

@@ -3,6 +3,7 @@
 mod common;
 
 use std::process::Command;
+#[cfg(feature = "integration")]
 use std::time::Duration;
 
 #[cfg(feature = "integration")]

@@ -198,8 +198,32 @@ struct Inner {
     poll_permits: Arc<tokio::sync::Semaphore>,
 }
 
-/// An open stream's place under `--max-streams`; released on drop.
+/// An open stream's place under `--max-streams`; released on drop. Taken before the trigger
+/// is resolved (so a flood is refused early), then turned into a [`StreamLease`].
 pub struct StreamPermit(Arc<std::sync::atomic::AtomicUsize>);
+
+impl StreamPermit {
+    /// The whole of one open stream: this place, its trigger kept from eviction, and its
+    /// `ebb_active_streams{rpc}` gauge, all released together when the lease drops.
+    pub fn lease(self, t: &Arc<Trigger>, metrics: &Metrics, rpc: &str) -> StreamLease {
+        let gauge = metrics.active_streams.get_or_create(&crate::metrics::RpcLabels { rpc: rpc.into() }).clone();
+        gauge.inc();
+        StreamLease { _permit: self, _guard: t.stream_guard(), gauge }
+    }
+}
+
+/// See [`StreamPermit::lease`].
+pub struct StreamLease {
+    _permit: StreamPermit,
+    _guard: trigger::StreamGuard,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
@@ -386,24 +410,25 @@ impl Engine {
         peer: Option<SocketAddr>,
     ) -> Result<Arc<Trigger>, EngineError> {
         let hash = trigger::trigger_hash(namespace, name, metadata);
-        let view = keda_keys::source_view(metadata, parse_md, door);
-        let parse_md = &view.metadata;
-        let scaler = (self.inner.parse)(parse_md)?;
+        let Assembled { view, scaler, options, floored_from } = assemble(
+            metadata,
+            parse_md,
+            door,
+            self.inner.parse,
+            |held| Ok(self.inner.config.access.check(namespace, held)?),
+            self.inner.config.min_polling_interval,
+        )?;
         if view.unsafe_ssl != UnsafeSslReading::Absent {
             info!(namespace, scaledobject = name, reading = view.unsafe_ssl.describe(), "unsafeSsl");
         }
-        self.inner.config.access.check(namespace, &scaler.held())?;
-        let mut options = policy::parse(&Metadata::new(parse_md), scaler.target())?;
-        let floor = self.inner.config.min_polling_interval;
-        if options.polling_interval < floor {
+        if let Some(asked) = floored_from {
             info!(
                 namespace,
                 scaledobject = name,
-                asked = ?options.polling_interval,
-                floor = ?floor,
+                asked = ?asked,
+                floor = ?options.polling_interval,
                 "pollingInterval below ebb serve --min-polling-interval: polling at the floor"
             );
-            options.polling_interval = floor;
         }
         let metric_name =
             options.metric_name.clone().unwrap_or_else(|| trigger::default_metric_name(scaler.scaler_type(), metadata));
@@ -667,6 +692,38 @@ impl Engine {
             s.stop();
         }
     }
+}
+
+/// A trigger as `serve` and `ebb check` both read it.
+pub struct Assembled {
+    /// The metadata with KEDA's own connection keys sorted out.
+    pub view: keda_keys::SourceView,
+    pub scaler: Arc<dyn ebb_scalers::Scaler>,
+    /// ebb's keys, the polling interval already raised to the floor.
+    pub options: policy::TriggerOptions,
+    /// The `pollingInterval` asked for, when it was below the floor.
+    pub floored_from: Option<Duration>,
+}
+
+/// Reads a trigger: KEDA's connection keys (`door`), the scaler's config (`parse`), the uses of
+/// ebb's own identity and secrets (`allow`, which refuses what the caller may not use), ebb's
+/// policy keys, and the `--min-polling-interval` floor. The one path from metadata to a
+/// trigger, for `serve` (with the access policy) and `ebb check` (with the endpoints only).
+pub fn assemble(
+    sent: &HashMap<String, String>,
+    parse_md: &HashMap<String, String>,
+    door: Door,
+    parse: TriggerParser,
+    allow: impl FnOnce(&[ebb_scalers::trust::Held]) -> Result<(), EngineError>,
+    floor: Duration,
+) -> Result<Assembled, EngineError> {
+    let view = keda_keys::source_view(sent, parse_md, door);
+    let scaler = parse(&view.metadata)?;
+    allow(&scaler.held())?;
+    let mut options = policy::parse(&Metadata::new(&view.metadata), scaler.target())?;
+    let floored_from = (options.polling_interval < floor).then_some(options.polling_interval);
+    options.polling_interval = options.polling_interval.max(floor);
+    Ok(Assembled { view, scaler, options, floored_from })
 }
 
 /// `--max-metadata-entries` and `--max-metadata-bytes`, checked before anything else.
