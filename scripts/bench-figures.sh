@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the `ebb bench` figures of the README (about 6 minutes on 2 cores):
+# Reproduces the `ebb bench` figures of docs/bench.md (about 6 minutes on 2 cores):
 #   1. upstream calls per polling interval for 10, 100 and 1,000 ScaledObjects on one source:
 #      ebb (one poll per source) against the model of KEDA's built-in per-trigger polling;
 #   2. GetMetrics latency while the source takes 2 s to answer;

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Runs `ebb simulate` over the built-in traces, both source kinds and the robustness cases, and
-prints the README's tables (markdown). Every row is one command, printed with it.
+prints the tables of docs/simulate.md (markdown). Every row is one command, printed with it.
 
   scripts/simulate-table.py [path/to/ebb]      (default: target/release/ebb)
 """

@@ -83,7 +83,7 @@ struct ServeArgs {
     #[arg(long, env = "EBB_KUBE")]
     kube: bool,
     /// YAML file declaring ScaledObjects served over HTTP to Container Apps scale rules
-    /// (`metrics-api` or `prometheus`); see the README's "Azure Container Apps bridge".
+    /// (`metrics-api` or `prometheus`); see docs/container-apps.md.
     #[arg(long, env = "EBB_CONFIG")]
     config: Option<std::path::PathBuf>,
     /// PEM certificate chain for TLS on the gRPC port (with --tls-key); re-read when it changes.

@@ -10,9 +10,9 @@
 //! | `unprocessedEventThreshold` | `64` | integer, HPA target; must be > 0 |
 //! | `activationUnprocessedEventThreshold` | `0` | active when the **uncapped** total `>` this |
 //! | `consumerGroup` | `$Default` | |
-//! | `connection` / `connectionRef` | — | Event Hubs connection string (`Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…[;EntityPath=…]`); without `EntityPath`, `eventHubName` names the hub |
+//! | `connection` / `connectionFromEnv` / `connectionRef` | — | Event Hubs connection string (`Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…[;EntityPath=…]`); without `EntityPath`, `eventHubName` names the hub |
 //! | `eventHubNamespace`, `eventHubName` | — | without a connection: ebb's Entra identity against `<eventHubNamespace>.<endpointSuffix>` (scope `https://eventhubs.azure.net/.default`) |
-//! | `storageConnection` / `storageConnectionRef` | — | checkpoint storage connection string with `AccountKey` (SAS connection strings are not supported, as in KEDA) |
+//! | `storageConnection` / `storageConnectionFromEnv` / `storageConnectionRef` | — | checkpoint storage connection string with `AccountKey` (SAS connection strings are not supported, as in KEDA) |
 //! | `storageAccountName` | — | without a storage connection: ebb's identity against `https://<account>.blob.<storageEndpointSuffix>` |
 //! | `blobContainer` | — | checkpoint container (not used by `azureFunction`) |
 //! | `checkpointStrategy` | legacy | `azureFunction`, `blobMetadata`, `goSdk`, `dapr`; none with an empty `blobContainer` means `azureFunction` |

@@ -13,7 +13,7 @@
 //! | `activationMessageCount` | `0` | integer; active when `count > activationMessageCount` |
 //! | `useRegex` | `false` | `queueName` (queue mode) or `subscriptionName` (topic mode) is a regular expression that must match the *whole* entity name (KEDA: leftmost-longest `FindString(name) == name`; ebb anchors `^(?:re)$`, which accepts the same names). The namespace's queues, or the topic's subscriptions, are listed at every poll, 100 per page. No match ⇒ `0` |
 //! | `operation` | `sum` | `sum`, `max` or `avg` (integer division) over the matched entities. Only used with `useRegex` |
-//! | `connection` | — | a connection string, or `connectionFromEnv` as KEDA delivers it, or `connectionRef: <secret name>` (a file in ebb's secrets directory, re-read at every poll; see [`crate::azure`]) |
+//! | `connection` / `connectionFromEnv` / `connectionRef` | — | a connection string, or `connectionFromEnv` as KEDA delivers it, or `connectionRef: <secret name>` (a file in ebb's secrets directory, re-read at every poll; see [`crate::azure`]) |
 //! | `namespace` | — | required without a connection: FQDN `<namespace>.<suffix>`, ebb's own Entra identity. Ignored when a connection is given (as in KEDA) |
 //! | `cloud`, `endpointSuffix` | `AzurePublicCloud` | suffix of `namespace` (`servicebus.windows.net`, …); `Private` requires `endpointSuffix`. Only read with `namespace` |
 //!

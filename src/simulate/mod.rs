@@ -9,7 +9,7 @@
 //!   `pollingInterval` (30 s) for activation from zero, `cooldownPeriod` (300 s) before zero,
 //!   and the HPA syncing every 15 s on the backlog with its 10 % tolerance, 300 s scale-down
 //!   stabilization and default scale-up limit (the larger of +4 pods and +100 % per 15 s);
-//! - `ebb`: `outputMode: replicas`, `policy: drain`, exactly as the README recommends for the
+//! - `ebb`: `outputMode: replicas`, `policy: drain`, exactly as docs/replicas.md recommends for the
 //!   source kind (trigger keys and the ScaledObject's HPA `behavior`), through the server's own
 //!   decision code ([`crate::engine::decision`]);
 //! - `ebb-configured` (with `--throughput-per-replica`): the same with `throughputPerReplica`;
@@ -106,7 +106,7 @@ pub struct SimulateArgs {
     /// Add an `ebb-configured` row with `throughputPerReplica` set to this (msg/s).
     #[arg(long)]
     pub throughput_per_replica: Option<f64>,
-    /// `drainSeconds` of the `ebb` rows [default: what the README recommends for the source
+    /// `drainSeconds` of the `ebb` rows [default: what docs/replicas.md recommends for the source
     /// kind: the key's default (10) for a log, 30 for a queue].
     #[arg(long)]
     pub drain_seconds: Option<f64>,
@@ -120,7 +120,7 @@ pub struct SimulateArgs {
     /// with `readyReplicas` bound), instead of estimating them from what they asked for.
     #[arg(long)]
     pub ready_replicas: bool,
-    /// `aks` (the README's HPA `behavior` for ebb) or `aca` (Container Apps: scale-up at most
+    /// `aks` (the HPA `behavior` docs/replicas.md gives ebb) or `aca` (Container Apps: scale-up at most
     /// max(4, 2×) per 15 s and 300 s scale-down stabilization, not configurable).
     #[arg(long, value_enum, default_value_t = Platform::Aks)]
     pub platform: Platform,
@@ -158,7 +158,7 @@ impl Default for SimulateArgs {
     }
 }
 
-/// `drainSeconds` the README recommends for a queue source.
+/// `drainSeconds` docs/replicas.md recommends for a queue source.
 pub const QUEUE_DRAIN_SECONDS: u64 = 30;
 
 /// Where the HPA runs.
@@ -290,11 +290,11 @@ impl SimulateArgs {
         }
     }
 
-    /// `policy: drain` as the README's ScaledObject for the source kind sets it up: only
+    /// `policy: drain` as the ScaledObject of docs/replicas.md for the source kind sets it up: only
     /// `policy: drain` (and `throughputPerReplica` when given); every other key at its default.
     fn drain_policy(&self, throughput: Option<f64>) -> Policy {
         let base = crate::engine::drain::DrainConfig::default();
-        // The README recommends drainSeconds 30 for queues: without counters, the backlog is
+        // docs/replicas.md recommends drainSeconds 30 for queues: without counters, the backlog is
         // their only signal, and draining it over 10 s makes the count swing.
         let recommended = match self.source_kind {
             SourceKind::Log => base.drain,
@@ -316,7 +316,7 @@ impl SimulateArgs {
         }
     }
 
-    /// The HPA in front of ebb: the README's `behavior` (scale-up 900 % or 50 pods per 15 s,
+    /// The HPA in front of ebb: the `behavior` of docs/replicas.md (scale-up 900 % or 50 pods per 15 s,
     /// no scale-down stabilization) on AKS; Container Apps' fixed one on `aca`.
     fn ebb_hpa(&self, widened: bool) -> Hpa {
         match self.platform {

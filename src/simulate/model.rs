@@ -274,7 +274,7 @@ impl Controller for KedaDefault {
     }
 }
 
-/// ebb in `outputMode: replicas`, configured as the README recommends: ebb polls the source
+/// ebb in `outputMode: replicas`, configured as docs/replicas.md recommends: ebb polls the source
 /// every `polling_interval` and folds each poll into its [`DecisionState`] with the server's
 /// own [`decision::observe`]; an activity change is pushed to KEDA right after the poll
 /// (`external-push`); KEDA still polls IsActive on its own interval; the HPA syncs every 15 s
@@ -298,7 +298,7 @@ pub struct Ebb {
 }
 
 impl Ebb {
-    /// `hpa` is the HPA the README's ScaledObject for this policy sets up.
+    /// `hpa` is the HPA the ScaledObject of docs/replicas.md sets up.
     pub fn new(
         name: &'static str,
         polling_interval: u64,
