@@ -38,11 +38,6 @@ impl KubeAuthRefs {
         Self { client, cache: Mutex::new(HashMap::new()) }
     }
 
-    /// Uses the in-cluster service account or the local kubeconfig
-    /// ([`kube::Client::try_default`]).
-    pub async fn from_env() -> Result<Self, kube::Error> {
-        Ok(Self::new(Client::try_default().await?))
-    }
 
     fn cached(&self, key: &(String, String)) -> Option<Params> {
         let mut cache = self.cache.lock().expect("auth ref cache lock");
@@ -152,11 +147,6 @@ pub struct KubeReadyReplicas {
 impl KubeReadyReplicas {
     pub fn new(client: Client) -> Self {
         Self { client, watched: Mutex::new(HashMap::new()) }
-    }
-
-    /// Uses the in-cluster service account or the local kubeconfig.
-    pub async fn from_env() -> Result<Self, kube::Error> {
-        Ok(Self::new(Client::try_default().await?))
     }
 
     /// Re-reads every watched ScaledObject's scale target once (forgetting those not asked

@@ -200,6 +200,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     // `mtls` follows the TLS files (server::spawn).
     let access = ebb::access::Access { policy: bridge.access.clone(), endpoints: args.azure.endpoints(), mtls: false };
+    let (auth_refs, ready_replicas) = kube_readers(&args).await?;
     let opts = ServeOptions {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
@@ -221,8 +222,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             ..EngineConfig::default()
         },
-        auth_refs: auth_refs(&args).await?,
-        ready_replicas: ready_replicas(&args).await?,
+        auth_refs,
+        ready_replicas,
         bridge,
         tls: match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(ebb::tls::TlsFiles {
@@ -241,43 +242,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "k8s")]
-async fn auth_refs(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<dyn ebb::engine::AuthRefResolver>>> {
-    use anyhow::Context;
-    if !args.kube {
-        return Ok(None);
-    }
-    let resolver = ebb::k8s::KubeAuthRefs::from_env()
-        .await
-        .context("--kube: no Kubernetes config (neither in-cluster service account nor kubeconfig)")?;
-    Ok(Some(std::sync::Arc::new(resolver)))
-}
+type KubeReaders =
+    (Option<std::sync::Arc<dyn ebb::engine::AuthRefResolver>>, Option<std::sync::Arc<dyn ebb::engine::ReadyReplicas>>);
 
-/// With `--kube`, `policy: drain` may read scale targets' ready replicas (for the namespaces
-/// bound to `readyReplicas`); refreshed in the background for as long as ebb runs.
+/// With `--kube`, one Kubernetes client (in-cluster service account or kubeconfig) behind both
+/// readers: `authenticationRef`'s TriggerAuthentications, and for `policy: drain` the scale
+/// targets' ready replicas (for the namespaces bound to `readyReplicas`), refreshed in the
+/// background for as long as ebb runs.
 #[cfg(feature = "k8s")]
-async fn ready_replicas(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<dyn ebb::engine::ReadyReplicas>>> {
+async fn kube_readers(args: &ServeArgs) -> anyhow::Result<KubeReaders> {
     use anyhow::Context;
     if !args.kube {
-        return Ok(None);
+        return Ok((None, None));
     }
-    let ready = ebb::k8s::KubeReadyReplicas::from_env()
+    let client = kube::Client::try_default()
         .await
         .context("--kube: no Kubernetes config (neither in-cluster service account nor kubeconfig)")?;
-    let ready = std::sync::Arc::new(ready);
+    let ready = std::sync::Arc::new(ebb::k8s::KubeReadyReplicas::new(client.clone()));
     // Detached: it ends with the process.
     drop(ready.spawn_refresh());
-    Ok(Some(ready))
+    Ok((Some(std::sync::Arc::new(ebb::k8s::KubeAuthRefs::new(client))), Some(ready)))
 }
 
 #[cfg(not(feature = "k8s"))]
-async fn ready_replicas(_args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<dyn ebb::engine::ReadyReplicas>>> {
-    Ok(None)
-}
-
-#[cfg(not(feature = "k8s"))]
-async fn auth_refs(_args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<dyn ebb::engine::AuthRefResolver>>> {
-    Ok(None)
+async fn kube_readers(_args: &ServeArgs) -> anyhow::Result<KubeReaders> {
+    Ok((None, None))
 }
 
 async fn shutdown_signal() {

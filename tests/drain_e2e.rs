@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::ebb::{gauge, so_owned, start_ebb};
+use common::ebb::{drain_estimates, so_owned, start_ebb};
 use common::kafka::Tansu;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,10 +76,7 @@ async fn arrival_and_processing_rates_converge_to_the_brokers() {
         let secs = t1.duration_since(t0).as_secs_f64();
         let (lambda, processing) = ((p1 - p0) as f64 / secs, (c1 - c0) as f64 / secs);
 
-        let labels = [("scaledobject", "rates")];
-        let a = gauge(srv.http_addr, "ebb_scaledobject_arrival_rate_per_second", &labels).await.expect("λ̂");
-        let mu = gauge(srv.http_addr, "ebb_scaledobject_throughput_per_replica_per_second", &labels).await.expect("μ̂");
-        let ready = gauge(srv.http_addr, "ebb_scaledobject_ready_replicas_estimate", &labels).await.expect("R̂");
+        let (a, mu, ready) = drain_estimates(srv.http_addr, "rates").await;
         eprintln!(
             "broker: {lambda:.1} msg/s in, {processing:.1} msg/s committed; ebb: λ̂ {a:.1}, μ̂ {mu:.2} × R̂ {ready} = {:.1}",
             mu * ready

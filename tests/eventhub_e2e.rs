@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::azurite::Azurite;
-use common::ebb::{gauge, so_owned, start_ebb};
+use common::ebb::{drain_estimates, so_owned, start_ebb};
 use common::eventhubs::EventHubsDouble;
 use common::within;
 
@@ -197,10 +197,7 @@ async fn drain_rates_converge_to_the_hubs() {
         let secs = t1.duration_since(t0).as_secs_f64();
         let (lambda, processing) = (2.0 * (e1 - e0) as f64 / secs, 2.0 * (c1 - c0) as f64 / secs);
 
-        let labels = [("scaledobject", "eh-rates")];
-        let a = gauge(srv.http_addr, "ebb_scaledobject_arrival_rate_per_second", &labels).await.expect("λ̂");
-        let mu = gauge(srv.http_addr, "ebb_scaledobject_throughput_per_replica_per_second", &labels).await.expect("μ̂");
-        let ready = gauge(srv.http_addr, "ebb_scaledobject_ready_replicas_estimate", &labels).await.expect("R̂");
+        let (a, mu, ready) = drain_estimates(srv.http_addr, "eh-rates").await;
         eprintln!(
             "hub: {lambda:.1} ev/s in, {processing:.1} ev/s checkpointed; ebb: λ̂ {a:.1}, μ̂ {mu:.2} × R̂ {ready} = {:.1}",
             mu * ready

@@ -57,6 +57,17 @@ pub async fn gauge(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str
         .and_then(|v| v.parse().ok())
 }
 
+/// `policy: drain`'s estimates for ScaledObject `so` on `/metrics`: (λ̂, μ̂, R̂).
+pub async fn drain_estimates(addr: std::net::SocketAddr, so: &str) -> (f64, f64, f64) {
+    let labels = [("scaledobject", so)];
+    let read = |name: &'static str| async move { gauge(addr, name, &labels).await.unwrap_or_else(|| panic!("{name}")) };
+    (
+        read("ebb_scaledobject_arrival_rate_per_second").await,
+        read("ebb_scaledobject_throughput_per_replica_per_second").await,
+        read("ebb_scaledobject_ready_replicas_estimate").await,
+    )
+}
+
 /// A ScaledObjectRef in namespace `default`.
 pub fn so(name: &str, metadata: &[(&str, &str)]) -> ScaledObjectRef {
     ScaledObjectRef {
