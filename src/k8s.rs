@@ -38,7 +38,6 @@ impl KubeAuthRefs {
         Self { client, cache: Mutex::new(HashMap::new()) }
     }
 
-
     fn cached(&self, key: &(String, String)) -> Option<Params> {
         let mut cache = self.cache.lock().expect("auth ref cache lock");
         let now = Instant::now();
