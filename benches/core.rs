@@ -63,7 +63,8 @@ fn bench_parse(c: &mut Criterion) {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    c.bench_function("parse prometheus metadata", |b| b.iter(|| ebb_scalers::parse(black_box(&md)).unwrap()));
+    let registry = ebb_scalers::Registry::default();
+    c.bench_function("parse prometheus metadata", |b| b.iter(|| registry.parse(black_box(&md)).unwrap()));
     c.bench_function("trigger hash (per request)", |b| {
         b.iter(|| ebb::engine::trigger::trigger_hash(black_box("ns"), black_box("so"), black_box(&md)))
     });

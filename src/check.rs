@@ -60,6 +60,8 @@ pub struct CheckOptions {
     pub endpoints: ebb_scalers::trust::Endpoints,
     /// Read the metadata as `serve` with TLS on its gRPC port would (`--grpc-tls`).
     pub grpc_tls: bool,
+    /// As `serve --secrets-dir` and `--max-upstream-concurrency`.
+    pub scalers: ebb_scalers::Settings,
 }
 
 impl Default for CheckOptions {
@@ -68,6 +70,7 @@ impl Default for CheckOptions {
             min_polling_interval: crate::engine::DEFAULT_MIN_POLLING_INTERVAL,
             endpoints: Default::default(),
             grpc_tls: false,
+            scalers: Default::default(),
         }
     }
 }
@@ -117,8 +120,9 @@ pub async fn run(sent: &HashMap<String, String>, opts: &CheckOptions) -> Result<
         Ok(())
     };
     let door = keda_keys::Door::Keda { tls: opts.grpc_tls };
+    let registry = ebb_scalers::Registry::builtin(opts.scalers.clone());
     let Assembled { view, scaler, options, floored_from } =
-        engine::assemble(sent, sent, door, ebb_scalers::parse, allow, opts.min_polling_interval)?;
+        engine::assemble(sent, sent, door, &registry, allow, opts.min_polling_interval)?;
     let mut notes = Vec::new();
     if let Some(asked) = floored_from {
         notes.push(format!(
@@ -126,9 +130,11 @@ pub async fn run(sent: &HashMap<String, String>, opts: &CheckOptions) -> Result<
             options.polling_interval
         ));
     }
-    let poller = scaler.poller().map_err(EngineError::from)?;
+    let poller = registry.poller(&*scaler).map_err(EngineError::from)?;
     let started = Instant::now();
-    let m = poller.poll().await.map_err(|error| CheckError::Poll { scaler: scaler.scaler_type(), error })?;
+    let m = ebb_scalers::poll_within(&*poller, scaler.poll_timeout(), std::time::SystemTime::now())
+        .await
+        .map_err(|error| CheckError::Poll { scaler: scaler.scaler_type(), error })?;
     let poll_ms = started.elapsed().as_secs_f64() * 1e3;
     let now = Instant::now();
     let mut state = DecisionState::new();

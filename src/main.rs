@@ -42,6 +42,8 @@ enum Command {
         grpc_tls: bool,
         #[command(flatten)]
         azure: AzureEndpointArgs,
+        #[command(flatten)]
+        scalers: ScalerArgs,
     },
     /// Replay a workload trace under KEDA's default policy and ebb's: cost, message wait, chart.
     Simulate(ebb::simulate::SimulateArgs),
@@ -71,10 +73,6 @@ struct ServeArgs {
     /// Triggers unused for max(this, 10 × pollingInterval) are dropped (seconds).
     #[arg(long, env = "EBB_IDLE_TIMEOUT", default_value = "300", value_parser = seconds)]
     idle_timeout: Duration,
-    /// Directory of named secrets: `connectionRef: NAME` reads the file NAME in it (a mounted
-    /// Kubernetes Secret or Container Apps secret volume), re-read at every poll.
-    #[arg(long, env = "EBB_SECRETS_DIR", default_value = "/var/run/secrets/ebb")]
-    secrets_dir: std::path::PathBuf,
     /// Read the Kubernetes API (in-cluster service account or kubeconfig): KEDA
     /// TriggerAuthentications (`spec.secretTargetRef`) and their Secrets for `authenticationRef`,
     /// and the ready replicas of `policy: drain` ScaledObjects' scale targets (for namespaces the
@@ -113,10 +111,6 @@ struct ServeArgs {
     /// Most polls in flight at once over all sources (each source has at most one).
     #[arg(long, env = "EBB_MAX_CONCURRENT_POLLS", default_value_t = 512)]
     max_concurrent_polls: usize,
-    /// Upstream requests one poll may have in flight at once, per service (Event Hubs
-    /// partitions and checkpoints, Kafka topics' metadata); more wait their turn.
-    #[arg(long, env = "EBB_MAX_UPSTREAM_CONCURRENCY", default_value_t = ebb_scalers::DEFAULT_UPSTREAM_CONCURRENCY)]
-    max_upstream_concurrency: usize,
     /// Seconds between checks of the TLS files for rotation.
     #[arg(long, env = "EBB_TLS_RELOAD_INTERVAL", default_value = "10", value_parser = seconds)]
     tls_reload_interval: Duration,
@@ -125,6 +119,31 @@ struct ServeArgs {
     min_polling_interval: Duration,
     #[command(flatten)]
     azure: AzureEndpointArgs,
+    #[command(flatten)]
+    scalers: ScalerArgs,
+}
+
+/// What pollers may use of the process; `serve` and `check` take the same flags, so `check`
+/// polls exactly as `serve` would.
+#[derive(Args, Clone)]
+struct ScalerArgs {
+    /// Directory of named secrets: `connectionRef: NAME` reads the file NAME in it (a mounted
+    /// Kubernetes Secret or Container Apps secret volume), re-read at every poll.
+    #[arg(long, env = "EBB_SECRETS_DIR", default_value = ebb_scalers::context::DEFAULT_SECRETS_DIR)]
+    secrets_dir: std::path::PathBuf,
+    /// Upstream requests one poll may have in flight at once, per service (Event Hubs
+    /// partitions and checkpoints, Kafka topics' metadata); more wait their turn.
+    #[arg(long, env = "EBB_MAX_UPSTREAM_CONCURRENCY", default_value_t = ebb_scalers::context::DEFAULT_UPSTREAM_CONCURRENCY)]
+    max_upstream_concurrency: usize,
+}
+
+impl ScalerArgs {
+    fn settings(&self) -> ebb_scalers::Settings {
+        ebb_scalers::Settings {
+            secrets_dir: self.secrets_dir.clone(),
+            upstream_concurrency: self.max_upstream_concurrency,
+        }
+    }
 }
 
 /// Where ebb's own Azure identity may go besides the Azure clouds' own service hosts.
@@ -170,8 +189,13 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { metadata, json, min_polling_interval, grpc_tls, azure } => {
-            let opts = ebb::check::CheckOptions { min_polling_interval, endpoints: azure.endpoints(), grpc_tls };
+        Command::Check { metadata, json, min_polling_interval, grpc_tls, azure, scalers } => {
+            let opts = ebb::check::CheckOptions {
+                min_polling_interval,
+                endpoints: azure.endpoints(),
+                grpc_tls,
+                scalers: scalers.settings(),
+            };
             check(&metadata, json, &opts).await
         }
         Command::Bench(args) => match ebb::bench::run(args).await {
@@ -192,8 +216,6 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    ebb_scalers::azure::set_secrets_dir(args.secrets_dir.clone());
-    ebb_scalers::set_upstream_concurrency(args.max_upstream_concurrency);
     let bridge = match &args.config {
         Some(path) => ebb::bridge::Config::load(path)?,
         None => ebb::bridge::Config::default(),
@@ -222,6 +244,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             ..EngineConfig::default()
         },
+        scalers: args.scalers.settings(),
         auth_refs,
         ready_replicas,
         bridge,

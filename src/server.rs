@@ -24,6 +24,8 @@ pub struct ServeOptions {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub engine: EngineConfig,
+    /// What pollers may use of the process (`--secrets-dir`, `--max-upstream-concurrency`).
+    pub scalers: ebb_scalers::Settings,
     /// Resolves `authenticationRef` (KEDA TriggerAuthentications); `None` turns it off.
     pub auth_refs: Option<Arc<dyn AuthRefResolver>>,
     /// Reads scale targets' ready replicas for `policy: drain`; `None` turns it off.
@@ -40,6 +42,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("grpc_addr", &self.grpc_addr)
             .field("http_addr", &self.http_addr)
             .field("engine", &self.engine)
+            .field("scalers", &self.scalers)
             .field("auth_refs", &self.auth_refs.is_some())
             .field("ready_replicas", &self.ready_replicas.is_some())
             .field("bridge_scaled_objects", &self.bridge.scaled_objects.len())
@@ -54,6 +57,7 @@ impl Default for ServeOptions {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             engine: EngineConfig::default(),
+            scalers: ebb_scalers::Settings::default(),
             auth_refs: None,
             ready_replicas: None,
             bridge: crate::bridge::Config::default(),
@@ -81,7 +85,8 @@ pub async fn spawn(opts: ServeOptions) -> anyhow::Result<Server> {
     let mut config = opts.engine.clone();
     config.grpc_tls = opts.tls.is_some();
     config.access.mtls = opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-    let mut engine = Engine::new(config, metrics);
+    let scalers = Arc::new(ebb_scalers::Registry::builtin(opts.scalers.clone()));
+    let mut engine = Engine::new(config, metrics, scalers);
     if let Some(resolver) = opts.auth_refs.clone() {
         engine = engine.with_auth_refs(resolver);
     }

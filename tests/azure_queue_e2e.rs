@@ -75,9 +75,9 @@ async fn strategies_all_and_visibleonly() {
         assert_eq!(big.value(), 40.0, "32 peeked ⇒ approximate count");
 
         // A SAS connection string (the one ebb would sign, handed over as given) works too.
-        let key = ebb_scalers::azure_queue::AccountKey::from_base64(ebb_scalers::azure_queue::DEV_KEY).unwrap();
+        let key = ebb_scalers::azure::storage::AccountKey::from_base64(ebb_scalers::azure::storage::DEV_KEY).unwrap();
         let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
-        let sas = ebb_scalers::azure_queue::queue_service_sas("devstoreaccount1", &key, "orders", "r", expiry);
+        let sas = ebb_scalers::azure::storage::queue_service_sas("devstoreaccount1", &key, "orders", "r", expiry);
         let sas_cs = format!("QueueEndpoint={};SharedAccessSignature={sas}", az.queue_endpoint());
         let via_sas = value_of(&keda, &queue_md(&sas_cs, "orders", &[]), "sas").await;
         assert_eq!(via_sas.value(), 7.0);
@@ -122,7 +122,7 @@ async fn fifty_scaled_objects_share_one_poll() {
         filled(&az, "shared", 3, 0).await;
         let proxy = CountingProxy::start(az.queue_port).await;
         let (_srv, keda) = start_ebb().await;
-        let cs = connection_string(proxy.port, ebb_scalers::azure_queue::DEV_KEY);
+        let cs = connection_string(proxy.port, ebb_scalers::azure::storage::DEV_KEY);
 
         let sos: Vec<_> = (0..50)
             .map(|i| {

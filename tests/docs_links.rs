@@ -150,10 +150,10 @@ fn table_keys<'a>(lines: impl Iterator<Item = &'a str>) -> std::collections::BTr
 fn scaler_tables_match_the_modules() {
     let docs = std::fs::read_to_string(repo().join("docs/scalers.md")).expect("docs/scalers.md");
     let sections: Vec<(&str, &str)> = vec![
-        ("## Prometheus", "scalers/src/prometheus.rs"),
-        ("## Azure Storage Queue", "scalers/src/azure_queue.rs"),
-        ("## Azure Service Bus", "scalers/src/azure_servicebus.rs"),
-        ("## Azure Event Hubs", "scalers/src/azure_eventhub.rs"),
+        ("## Prometheus", "scalers/src/prometheus/mod.rs"),
+        ("## Azure Storage Queue", "scalers/src/azure_queue/mod.rs"),
+        ("## Azure Service Bus", "scalers/src/azure_servicebus/mod.rs"),
+        ("## Azure Event Hubs", "scalers/src/azure_eventhub/mod.rs"),
         ("## Kafka", "scalers/src/kafka/mod.rs"),
     ];
     let mut differences = Vec::new();

@@ -183,7 +183,10 @@ async fn azure_queue(az: &Azurite) -> Source {
     let proxy = FaultProxy::start(&format!("http://127.0.0.1:{}", az.queue_port)).await;
     let md = vec![
         ("scalerType".into(), "azure-queue".into()),
-        ("connectionFromEnv".into(), common::azurite::connection_string(proxy.port, ebb_scalers::azure_queue::DEV_KEY)),
+        (
+            "connectionFromEnv".into(),
+            common::azurite::connection_string(proxy.port, ebb_scalers::azure::storage::DEV_KEY),
+        ),
         ("queueName".into(), "faults".into()),
         ("pollingInterval".into(), "1".into()),
     ];

@@ -32,7 +32,7 @@ use common::servicebus::ServiceBusDouble;
 use common::{closed_url, free_port, within};
 use ebb::engine::AuthRefResolver;
 use ebb::server::ServeOptions;
-use ebb_scalers::azure_queue::{AccountKey, DEV_ACCOUNT, DEV_KEY, queue_service_sas};
+use ebb_scalers::azure::storage::{AccountKey, DEV_ACCOUNT, DEV_KEY, queue_service_sas};
 use tonic::Status;
 
 const TEST_LIMIT: Duration = Duration::from_secs(90);
@@ -387,7 +387,6 @@ async fn no_secret_in_logs_errors_metrics_or_cli() {
 
         // `connectionRef` files in a secrets directory.
         let secrets_dir = tempfile::tempdir().expect("temp dir");
-        ebb_scalers::azure::set_secrets_dir(secrets_dir.path().to_path_buf());
         let ref_wrong_key = secret_base64_key("queue-ref");
         std::fs::write(secrets_dir.path().join("storage-good"), az.connection_string()).unwrap();
         std::fs::write(secrets_dir.path().join("storage-wrong"), connection_string(az.queue_port, &ref_wrong_key))
@@ -396,6 +395,7 @@ async fn no_secret_in_logs_errors_metrics_or_cli() {
         let opts = ServeOptions {
             auth_refs: Some(Arc::new(Resolver { token: ref_token.clone() })),
             engine: ebb::engine::EngineConfig { access: common::ebb::open_access(), ..Default::default() },
+            scalers: ebb_scalers::Settings { secrets_dir: secrets_dir.path().to_path_buf(), ..Default::default() },
             ..ServeOptions::default()
         };
         let (srv, keda) = start_ebb_with_opts(opts).await;

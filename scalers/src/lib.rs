@@ -3,9 +3,16 @@
 //! # Layout
 //! - [`metadata`]: KEDA's metadata lookup rules (`<key>FromEnv`, trimming, typed values) and
 //!   [`ConfigError`]s that name the key at fault.
-//! - [`registry`]: KEDA trigger type names (`scalerType` metadata) → parsers.
+//! - [`registry`]: KEDA trigger type names (`scalerType` metadata) → parsers, as a
+//!   [`Registry`] value that also holds the [`ScalerContext`] pollers are built with.
+//! - [`context`]: what pollers use of the process (secrets directory, upstream concurrency,
+//!   ebb's Azure identity, shared HTTP clients), passed in, never global.
+//! - shared plumbing: [`http`] (clients, bodies, `Retry-After`, status → [`PollError`]),
+//!   [`secret`] (secret type, fingerprints, PEM checks), [`azure`] (clouds, credentials,
+//!   Storage and namespace plumbing, Entra tokens), [`trust`] (what a trigger may use).
 //! - one module per source: [`azure_eventhub`], [`azure_queue`], [`azure_servicebus`], [`kafka`],
-//!   [`prometheus`].
+//!   [`prometheus`]. A source module imports shared modules and the crate root only, never
+//!   another source (a test enforces it).
 //!
 //! A source module parses the metadata into a typed config (no I/O) that implements
 //! [`Scaler`]. The config names its [`SourceKey`] (what is polled, without secrets); the
@@ -14,23 +21,28 @@
 //! [`Scaler::evaluate`]. Nothing here knows about gRPC, HTTP serving or KEDA's RPC schedule.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+// Shared plumbing: scalers import these and the crate root, never each other.
 pub mod azure;
+pub mod context;
+pub mod http;
+pub mod metadata;
+pub mod registry;
+pub mod secret;
+pub mod trust;
+
+// One module per source.
 pub mod azure_eventhub;
 pub mod azure_queue;
 pub mod azure_servicebus;
 pub mod kafka;
-pub mod metadata;
 pub mod prometheus;
-pub mod registry;
-pub mod trust;
 
+pub use context::{ScalerContext, Settings};
 pub use metadata::{ConfigError, ConfigErrors, Metadata};
-pub use registry::parse;
+pub use registry::{Registration, Registry};
 
 /// Identity of what is polled: two triggers with equal keys share one poll. Built from the
 /// endpoint, the query or entity and a fingerprint of the credentials, never a secret itself.
@@ -234,7 +246,7 @@ pub fn json_error(e: &serde_json::Error) -> String {
 }
 
 /// One polled source. Built once per distinct [`SourceKey`]; `poll` is called by the engine's
-/// task for that source and must return within its own timeout.
+/// task for that source, under the deadline [`Scaler::poll_timeout`] (the engine's).
 #[async_trait::async_trait]
 pub trait Poller: Send + Sync {
     async fn poll(&self) -> Result<Measurement, PollError>;
@@ -247,6 +259,27 @@ pub trait Poller: Send + Sync {
     }
 }
 
+/// One poll under its deadline (the trigger's [`Scaler::poll_timeout`]), for the instant `at`.
+/// The engine and `ebb check` poll through here; pollers set per-request timeouts only, so this
+/// is the one deadline a whole poll has.
+pub async fn poll_within(
+    poller: &dyn Poller,
+    deadline: Duration,
+    at: std::time::SystemTime,
+) -> Result<Measurement, PollError> {
+    match tokio::time::timeout(deadline, poller.poll_at(at)).await {
+        Ok(r) => r,
+        Err(_) => Err(PollError::Timeout(deadline)),
+    }
+}
+
+/// A scaler's poll as the engine runs it, with a default context (the scalers' own tests).
+#[cfg(test)]
+pub(crate) async fn poll_once(s: &dyn Scaler) -> Result<Measurement, PollError> {
+    let poller = s.poller(&Arc::new(ScalerContext::default())).expect("poller");
+    poll_within(&*poller, s.poll_timeout(), std::time::SystemTime::now()).await
+}
+
 /// A parsed trigger: KEDA's typed config for one scaler type.
 pub trait Scaler: Send + Sync + fmt::Debug {
     /// KEDA trigger type name (`"prometheus"`).
@@ -255,12 +288,14 @@ pub trait Scaler: Send + Sync + fmt::Debug {
     fn source_key(&self) -> &SourceKey;
     /// The HPA target (`threshold`, `queueLength`, …). Always > 0.
     fn target(&self) -> f64;
-    /// The longest a poll may take before it fails with [`PollError::Timeout`].
+    /// The longest a poll may take: the engine fails a longer one with [`PollError::Timeout`]
+    /// (pollers set per-request timeouts, never a deadline for the whole poll).
     fn poll_timeout(&self) -> Duration;
     /// Applies this trigger's formula and activation threshold to a shared measurement.
     fn evaluate(&self, m: &Measurement) -> Evaluation;
-    /// Builds the I/O client for this trigger's source. Called once per new source key.
-    fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors>;
+    /// Builds the I/O client for this trigger's source, with what it may use of the process
+    /// (`ctx`). Called once per new source key.
+    fn poller(&self, ctx: &Arc<ScalerContext>) -> Result<Arc<dyn Poller>, ConfigErrors>;
     /// Every use this trigger would make of what ebb holds (its Azure identity, named secrets),
     /// for the engine to check against the operator's policy before accepting the trigger. A
     /// scaler that uses neither keeps the default.
@@ -274,59 +309,9 @@ pub trait Scaler: Send + Sync + fmt::Debug {
     }
 }
 
-/// Upstream requests one poll may have in flight at once, per service it calls
-/// (`ebb serve --max-upstream-concurrency`).
-static UPSTREAM_CONCURRENCY: AtomicUsize = AtomicUsize::new(DEFAULT_UPSTREAM_CONCURRENCY);
-pub const DEFAULT_UPSTREAM_CONCURRENCY: usize = 16;
-
-/// Sets the per-poll request limit for this process (at least 1); `ebb serve` calls it once.
-pub fn set_upstream_concurrency(n: usize) {
-    UPSTREAM_CONCURRENCY.store(n.max(1), Ordering::Relaxed);
-}
-
-/// Runs `request` for each item with at most the upstream concurrency limit in flight, in
-/// order; the first error ends it. A poll that fans out (a request per Event Hubs partition
-/// and per checkpoint, Kafka metadata per topic) goes through here, so a hub with 1,024
-/// partitions does not open 2,048 connections at once.
-pub async fn bounded_requests<I, F, Fut, T>(items: I, request: F) -> Result<Vec<T>, PollError>
-where
-    I: IntoIterator,
-    F: FnMut(I::Item) -> Fut,
-    Fut: Future<Output = Result<T, PollError>>,
-{
-    use futures::{StreamExt, TryStreamExt};
-    let limit = UPSTREAM_CONCURRENCY.load(Ordering::Relaxed);
-    futures::stream::iter(items).map(request).buffered(limit).try_collect().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn bounded_requests_caps_what_is_in_flight_and_keeps_order() {
-        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let got = bounded_requests(0..100u32, |i| {
-            let (now, peak) = (now.clone(), peak.clone());
-            async move {
-                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(n, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(u64::from(i % 3))).await;
-                now.fetch_sub(1, Ordering::SeqCst);
-                Ok(i * 2)
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(got, (0..100).map(|i| i * 2).collect::<Vec<_>>());
-        // The default limit (no test changes the process-wide value).
-        assert_eq!(peak.load(Ordering::SeqCst), DEFAULT_UPSTREAM_CONCURRENCY);
-        let err = bounded_requests(0..10u32, |i| async move {
-            if i == 3 { Err(PollError::Timeout(Duration::from_secs(1))) } else { Ok(i) }
-        })
-        .await;
-        assert!(matches!(err, Err(PollError::Timeout(_))), "{err:?}");
-    }
 
     #[test]
     fn public_part_drops_salted_fingerprints_only() {

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use ebb_scalers::{ConfigErrors, Metadata, SourceKey};
+use ebb_scalers::{ConfigErrors, Metadata, Registry, SourceKey};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::info;
@@ -175,12 +175,10 @@ pub trait ReadyReplicas: Send + Sync {
     fn ready(&self, namespace: &str, scaled_object: &str) -> Option<u32>;
 }
 
-/// Turns trigger metadata into a scaler config: [`ebb_scalers::parse`] in production.
-pub type TriggerParser = fn(&HashMap<String, String>) -> Result<Arc<dyn ebb_scalers::Scaler>, ConfigErrors>;
-
 struct Inner {
     config: EngineConfig,
-    parse: TriggerParser,
+    /// Scaler types and the context their pollers are built with.
+    registry: Arc<Registry>,
     auth_refs: Option<Arc<dyn AuthRefResolver>>,
     ready_replicas: Option<Arc<dyn ReadyReplicas>>,
     metrics: Arc<Metrics>,
@@ -238,19 +236,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: EngineConfig, metrics: Arc<Metrics>) -> Self {
-        Self::with_parser(config, metrics, ebb_scalers::parse)
-    }
-
-    /// An engine with its own scaler registry (tests use scalers they control).
-    pub fn with_parser(config: EngineConfig, metrics: Arc<Metrics>, parse: TriggerParser) -> Self {
+    /// An engine serving the scalers of `registry` (the built-in ones in production; tests
+    /// register scalers they control).
+    pub fn new(config: EngineConfig, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Self {
         let poll_permits = Arc::new(tokio::sync::Semaphore::new(config.limits.concurrent_polls.max(1)));
         Self {
             inner: Arc::new(Inner {
                 poll_permits,
                 open_streams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 config,
-                parse,
+                registry,
                 auth_refs: None,
                 ready_replicas: None,
                 metrics,
@@ -414,7 +409,7 @@ impl Engine {
             metadata,
             parse_md,
             door,
-            self.inner.parse,
+            &self.inner.registry,
             |held| Ok(self.inner.config.access.check(namespace, held)?),
             self.inner.config.min_polling_interval,
         )?;
@@ -489,7 +484,7 @@ impl Engine {
         if let Some(s) = sources.get(scaler.source_key()) {
             return Ok(s.clone());
         }
-        let poller = scaler.poller()?;
+        let poller = self.inner.registry.poller(scaler)?;
         let source = Arc::new(Source::new(
             scaler.source_key().clone(),
             scaler.scaler_type(),
@@ -713,12 +708,12 @@ pub fn assemble(
     sent: &HashMap<String, String>,
     parse_md: &HashMap<String, String>,
     door: Door,
-    parse: TriggerParser,
+    registry: &Registry,
     allow: impl FnOnce(&[ebb_scalers::trust::Held]) -> Result<(), EngineError>,
     floor: Duration,
 ) -> Result<Assembled, EngineError> {
     let view = keda_keys::source_view(sent, parse_md, door);
-    let scaler = parse(&view.metadata)?;
+    let scaler = registry.parse(&view.metadata)?;
     allow(&scaler.held())?;
     let mut options = policy::parse(&Metadata::new(&view.metadata), scaler.target())?;
     let floored_from = (options.polling_interval < floor).then_some(options.polling_interval);

@@ -199,14 +199,10 @@ pub async fn run(
         let permit = permits.acquire().await.ok();
         let started = Instant::now();
         metrics.upstream_calls_total.get_or_create(&labels).inc();
-        // The poller enforces its own timeout; this outer bound only guards against a poller
-        // that does not, so a poll can never hang the source.
-        let outer = source.poll_timeout + Duration::from_secs(1);
-        let poll = source.poller.poll_at(UNIX_EPOCH + tick_at);
-        let result = match tokio::time::timeout(outer, poll).instrument(span.clone()).await {
-            Ok(r) => r,
-            Err(_) => Err(PollError::Timeout(source.poll_timeout)),
-        };
+        // The engine owns the poll's deadline (the scaler's `poll_timeout`): a poll can never
+        // hang the source, whatever the poller does.
+        let poll = ebb_scalers::poll_within(&*source.poller, source.poll_timeout, UNIX_EPOCH + tick_at);
+        let result = poll.instrument(span.clone()).await;
         drop(permit);
         let took = started.elapsed();
         metrics.poll_duration_seconds.get_or_create(&labels).observe(took.as_secs_f64());

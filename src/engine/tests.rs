@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ebb_scalers::metadata::collect;
@@ -15,27 +15,35 @@ use tokio::time::Instant;
 
 use super::*;
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct FakeSource {
     answer: Mutex<Option<Result<f64, PollError>>>,
     delay: Mutex<Duration>,
     polls: AtomicU64,
 }
 
-static FAKES: LazyLock<Mutex<HashMap<String, Arc<FakeSource>>>> = LazyLock::new(Default::default);
+/// One test's fake sources by name; its engine's registry parses `source` against them.
+#[derive(Default)]
+struct Fakes(Mutex<HashMap<String, Arc<FakeSource>>>);
 
-/// The fake source named `name`, created answering 0.
-fn fake(name: &str) -> Arc<FakeSource> {
-    FAKES
-        .lock()
-        .unwrap()
-        .entry(name.to_string())
-        .or_insert_with(|| {
-            let f = FakeSource::default();
-            *f.answer.lock().unwrap() = Some(Ok(0.0));
-            Arc::new(f)
-        })
-        .clone()
+impl Fakes {
+    fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// The fake source named `name`, created answering 0.
+    fn get(&self, name: &str) -> Arc<FakeSource> {
+        self.0
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let f = FakeSource::default();
+                *f.answer.lock().unwrap() = Some(Ok(0.0));
+                Arc::new(f)
+            })
+            .clone()
+    }
 }
 
 impl FakeSource {
@@ -50,7 +58,7 @@ impl FakeSource {
 #[derive(Debug)]
 struct FakeScaler {
     key: SourceKey,
-    name: String,
+    source: Arc<FakeSource>,
     threshold: f64,
     activation: f64,
     /// `connectionRef`: a named secret the trigger would use.
@@ -89,8 +97,8 @@ impl Scaler for FakeScaler {
         let v = m.scalar();
         Evaluation { metric: v, active: v > self.activation }
     }
-    fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
-        Ok(Arc::new(FakePoller(fake(&self.name))))
+    fn poller(&self, _ctx: &Arc<ebb_scalers::ScalerContext>) -> Result<Arc<dyn Poller>, ConfigErrors> {
+        Ok(Arc::new(FakePoller(self.source.clone())))
     }
     fn held(&self) -> Vec<ebb_scalers::trust::Held> {
         let named = |n: &String| ebb_scalers::trust::Held::NamedSecret { name: n.clone(), key: "connectionRef".into() };
@@ -98,36 +106,48 @@ impl Scaler for FakeScaler {
     }
 }
 
-fn parse_fake(map: &HashMap<String, String>) -> Result<Arc<dyn Scaler>, ConfigErrors> {
-    let md = Metadata::new(map);
+fn parse_fake(fakes: &Fakes, md: &Metadata<'_>) -> Result<Arc<dyn Scaler>, ConfigErrors> {
     let mut errs = ConfigErrors::default();
     let name = collect(&mut errs, md.required("source")).unwrap_or_default().to_string();
     let threshold = collect(&mut errs, md.f64("threshold")).flatten().unwrap_or(10.0);
     let activation = collect(&mut errs, md.f64("activationThreshold")).flatten().unwrap_or(0.0);
     let secret = md.get("connectionRef").map(str::to_string);
     errs.into_result()?;
-    Ok(Arc::new(FakeScaler { key: SourceKey(format!("fake|{name}")), name, threshold, activation, secret }))
+    let source = fakes.get(&name);
+    Ok(Arc::new(FakeScaler { key: SourceKey(format!("fake|{name}")), source, threshold, activation, secret }))
 }
 
-fn engine() -> Engine {
-    engine_with(EngineConfig::default())
+fn engine(fakes: &Arc<Fakes>) -> Engine {
+    engine_with(fakes, EngineConfig::default())
 }
 
-fn engine_with(config: EngineConfig) -> Engine {
+/// An engine whose registry holds only the `fake` scaler type, over this test's `fakes`.
+fn engine_with(fakes: &Arc<Fakes>, config: EngineConfig) -> Engine {
     let mut reg = Registry::default();
-    Engine::with_parser(config, Arc::new(Metrics::new(&mut reg)), parse_fake)
+    let fakes = fakes.clone();
+    let fake = ebb_scalers::Registration {
+        scaler_type: "fake",
+        parse: Arc::new(move |md: &Metadata<'_>| parse_fake(&fakes, md)),
+        example: &[("source", "example")],
+    };
+    let scalers = ebb_scalers::Registry::empty(Default::default()).register(fake);
+    Engine::new(config, Arc::new(Metrics::new(&mut reg)), Arc::new(scalers))
 }
 
+/// Trigger metadata for the `fake` scaler type.
 fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    let mut m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    m.entry("scalerType".into()).or_insert_with(|| "fake".into());
+    m
 }
 
 #[tokio::test(start_paused = true)]
 async fn one_poller_per_source_and_single_flight_first_poll() {
-    let src = fake("single-flight");
+    let fakes = Fakes::new();
+    let src = fakes.get("single-flight");
     src.set(Ok(42.0));
     *src.delay.lock().unwrap() = Duration::from_millis(200);
-    let e = engine();
+    let e = engine(&fakes);
     let meta = md(&[("source", "single-flight"), ("pollingInterval", "5")]);
     let mut tasks = Vec::new();
     for i in 0..300 {
@@ -148,10 +168,11 @@ async fn one_poller_per_source_and_single_flight_first_poll() {
 
 #[tokio::test(start_paused = true)]
 async fn distinct_sources_poll_separately_and_thresholds_stay_per_trigger() {
-    let (a, b) = (fake("distinct-a"), fake("distinct-b"));
+    let fakes = Fakes::new();
+    let (a, b) = (fakes.get("distinct-a"), fakes.get("distinct-b"));
     a.set(Ok(7.0));
     b.set(Ok(70.0));
-    let e = engine();
+    let e = engine(&fakes);
     let low =
         e.resolve("ns", "low", &md(&[("source", "distinct-a"), ("activationThreshold", "5")]), None).await.unwrap();
     let high =
@@ -166,9 +187,10 @@ async fn distinct_sources_poll_separately_and_thresholds_stay_per_trigger() {
 
 #[tokio::test(start_paused = true)]
 async fn source_polls_at_the_smallest_interval_asked() {
-    let src = fake("interval");
+    let fakes = Fakes::new();
+    let src = fakes.get("interval");
     let config = EngineConfig { min_polling_interval: Duration::from_millis(100), ..Default::default() };
-    let e = engine_with(config);
+    let e = engine_with(&fakes, config);
     let slow = e.resolve("ns", "slow", &md(&[("source", "interval"), ("pollingInterval", "10")]), None).await.unwrap();
     e.decide(&slow).await.unwrap();
     let fast = e.resolve("ns", "fast", &md(&[("source", "interval"), ("pollingInterval", "0.5")]), None).await.unwrap();
@@ -182,9 +204,10 @@ async fn source_polls_at_the_smallest_interval_asked() {
 
 #[tokio::test(start_paused = true)]
 async fn slow_first_poll_answers_unavailable_within_the_bound() {
-    let src = fake("slow-first");
+    let fakes = Fakes::new();
+    let src = fakes.get("slow-first");
     *src.delay.lock().unwrap() = Duration::from_secs(2);
-    let e = engine();
+    let e = engine(&fakes);
     let t = e.resolve("ns", "so", &md(&[("source", "slow-first")]), None).await.unwrap();
     let started = Instant::now();
     let err = e.decide(&t).await.unwrap_err();
@@ -200,10 +223,11 @@ async fn slow_first_poll_answers_unavailable_within_the_bound() {
 
 #[tokio::test(start_paused = true)]
 async fn last_good_value_serves_until_stale_then_unavailable_then_recovers() {
-    let src = fake("stale");
+    let fakes = Fakes::new();
+    let src = fakes.get("stale");
     src.set(Ok(12.0));
     let config = EngineConfig { max_staleness: Duration::from_secs(20), ..EngineConfig::default() };
-    let e = engine_with(config);
+    let e = engine_with(&fakes, config);
     let t = e.resolve("ns", "so", &md(&[("source", "stale"), ("pollingInterval", "1")]), None).await.unwrap();
     assert_eq!(e.decide(&t).await.unwrap().metric, 12.0);
     src.set(Err(PollError::Connect("connection refused".into())));
@@ -222,11 +246,12 @@ async fn last_good_value_serves_until_stale_then_unavailable_then_recovers() {
 
 #[tokio::test(start_paused = true)]
 async fn failing_source_retries_within_its_interval_and_throttling_backs_off_longer() {
-    let failing = fake("backoff");
+    let fakes = Fakes::new();
+    let failing = fakes.get("backoff");
     failing.set(Err(PollError::Http { status: 500, detail: "boom".into() }));
-    let throttled = fake("throttled");
+    let throttled = fakes.get("throttled");
     throttled.set(Err(PollError::Throttled { detail: "HTTP 429".into(), retry_after: None }));
-    let e = engine_with(EngineConfig::default());
+    let e = engine_with(&fakes, EngineConfig::default());
     let a = e.resolve("ns", "a", &md(&[("source", "backoff"), ("pollingInterval", "10")]), None).await.unwrap();
     let b = e.resolve("ns", "b", &md(&[("source", "throttled"), ("pollingInterval", "1")]), None).await.unwrap();
     assert!(e.decide(&a).await.is_err());
@@ -240,7 +265,8 @@ async fn failing_source_retries_within_its_interval_and_throttling_backs_off_lon
 
 #[tokio::test(start_paused = true)]
 async fn invalid_metadata_names_the_key() {
-    let e = engine();
+    let fakes = Fakes::new();
+    let e = engine(&fakes);
     let err = e.resolve("ns", "so", &md(&[("threshold", "x")]), None).await.err().unwrap();
     let EngineError::InvalidMetadata(errs) = &err else { panic!("{err}") };
     assert_eq!(errs.keys(), vec!["source", "threshold"]);
@@ -251,8 +277,9 @@ async fn invalid_metadata_names_the_key() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_triggers_are_dropped_and_their_source_stops() {
-    let src = fake("idle");
-    let e = engine_with(EngineConfig { idle_timeout: Duration::from_secs(60), ..EngineConfig::default() });
+    let fakes = Fakes::new();
+    let src = fakes.get("idle");
+    let e = engine_with(&fakes, EngineConfig { idle_timeout: Duration::from_secs(60), ..EngineConfig::default() });
     let t = e.resolve("ns", "so", &md(&[("source", "idle"), ("pollingInterval", "1")]), None).await.unwrap();
     e.decide(&t).await.unwrap();
     drop(t);
@@ -268,8 +295,9 @@ async fn idle_triggers_are_dropped_and_their_source_stops() {
 
 #[tokio::test(start_paused = true)]
 async fn open_streams_keep_a_trigger_alive() {
-    let _src = fake("streamed");
-    let e = engine_with(EngineConfig { idle_timeout: Duration::from_secs(60), ..EngineConfig::default() });
+    let fakes = Fakes::new();
+    let _src = fakes.get("streamed");
+    let e = engine_with(&fakes, EngineConfig { idle_timeout: Duration::from_secs(60), ..EngineConfig::default() });
     let t = e.resolve("ns", "so", &md(&[("source", "streamed")]), None).await.unwrap();
     let guard = t.stream_guard();
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -283,11 +311,12 @@ async fn open_streams_keep_a_trigger_alive() {
 
 #[tokio::test(start_paused = true)]
 async fn replicas_mode_history_is_folded_by_the_poll_task() {
+    let fakes = Fakes::new();
     // The trigger is asked only once, long after the polls: its decision still reflects
     // every poll (cooldown counted from the last active one), not just the latest.
-    let src = fake("history");
+    let src = fakes.get("history");
     src.set(Ok(55.0));
-    let e = engine_with(EngineConfig::default());
+    let e = engine_with(&fakes, EngineConfig::default());
     let meta =
         md(&[("source", "history"), ("pollingInterval", "1"), ("outputMode", "replicas"), ("cooldownPeriod", "10")]);
     let t = e.resolve("ns", "so", &meta, None).await.unwrap();
@@ -316,9 +345,10 @@ impl AuthRefResolver for FakeAuthRefs {
 
 #[tokio::test(start_paused = true)]
 async fn authentication_ref_fills_missing_keys_only() {
-    let src = fake("auth-ref");
+    let fakes = Fakes::new();
+    let src = fakes.get("auth-ref");
     src.set(Ok(20.0));
-    let e = engine_with(EngineConfig { access: access_policy(true), ..Default::default() })
+    let e = engine_with(&fakes, EngineConfig { access: access_policy(true), ..Default::default() })
         .with_auth_refs(Arc::new(FakeAuthRefs));
     let meta = md(&[("source", "auth-ref"), ("threshold", "10"), ("authenticationRef", "fake-auth")]);
     let t = e.resolve("ns", "so", &meta, None).await.unwrap();
@@ -345,14 +375,15 @@ fn access_policy(trust: bool) -> crate::access::Access {
 /// PERMISSION_DENIED naming the policy. Nothing is polled for a refused trigger.
 #[tokio::test(start_paused = true)]
 async fn access_policy_gates_named_secrets_and_authentication_refs() {
-    let src = fake("guarded");
+    let fakes = Fakes::new();
+    let src = fakes.get("guarded");
     let meta = md(&[("source", "guarded"), ("connectionRef", "ns-secret")]);
-    let e = engine(); // a fresh install binds nothing
+    let e = engine(&fakes); // a fresh install binds nothing
     let err = e.resolve("ns", "so", &meta, None).await.err().unwrap();
     assert!(matches!(&err, EngineError::PermissionDenied(r) if r.contains("connectionRef")), "{err}");
     assert_eq!(src.polls(), 0);
 
-    let e = engine_with(EngineConfig { access: access_policy(false), ..Default::default() })
+    let e = engine_with(&fakes, EngineConfig { access: access_policy(false), ..Default::default() })
         .with_auth_refs(Arc::new(FakeAuthRefs));
     e.resolve("ns", "so", &meta, None).await.unwrap();
     let err = e.resolve("other", "so", &meta, None).await.err().unwrap();
@@ -363,7 +394,7 @@ async fn access_policy_gates_named_secrets_and_authentication_refs() {
     let auth = md(&[("source", "guarded"), ("authenticationRef", "fake-auth")]);
     let err = e.resolve("ns", "so3", &auth, None).await.err().unwrap();
     assert!(matches!(&err, EngineError::PermissionDenied(r) if r.contains("trustCallerNamespace")), "{err}");
-    let e = engine_with(EngineConfig { access: access_policy(true), ..Default::default() })
+    let e = engine_with(&fakes, EngineConfig { access: access_policy(true), ..Default::default() })
         .with_auth_refs(Arc::new(FakeAuthRefs));
     e.resolve("ns", "so3", &auth, None).await.unwrap();
     assert!(matches!(e.resolve("other", "so3", &auth, None).await, Err(EngineError::PermissionDenied(_))));
@@ -372,8 +403,9 @@ async fn access_policy_gates_named_secrets_and_authentication_refs() {
 /// Issue 13: `pollingInterval: "0.001"` polls at the floor, not 1,000 times a second.
 #[tokio::test(start_paused = true)]
 async fn polling_interval_has_a_floor() {
-    let src = fake("floor");
-    let e = engine_with(EngineConfig::default());
+    let fakes = Fakes::new();
+    let src = fakes.get("floor");
+    let e = engine_with(&fakes, EngineConfig::default());
     assert_eq!(e.config().min_polling_interval, Duration::from_secs(1));
     let t = e.resolve("ns", "so", &md(&[("source", "floor"), ("pollingInterval", "0.001")]), None).await.unwrap();
     e.decide(&t).await.unwrap();
@@ -386,7 +418,8 @@ async fn polling_interval_has_a_floor() {
 
 #[tokio::test(start_paused = true)]
 async fn authentication_ref_without_a_resolver_names_the_key() {
-    let e = engine();
+    let fakes = Fakes::new();
+    let e = engine(&fakes);
     let meta = md(&[("source", "auth-ref-off"), ("authenticationRef", "x")]);
     let err = e.resolve("ns", "so", &meta, None).await.err().unwrap();
     let EngineError::InvalidMetadata(errs) = &err else { panic!("{err}") };
@@ -395,9 +428,10 @@ async fn authentication_ref_without_a_resolver_names_the_key() {
 
 #[tokio::test(start_paused = true)]
 async fn each_new_caller_is_recorded_once() {
-    let s = fake("callers");
+    let fakes = Fakes::new();
+    let s = fakes.get("callers");
     s.set(Ok(1.0));
-    let e = engine();
+    let e = engine(&fakes);
     let meta = md(&[("source", "callers")]);
     let (a, b): (std::net::SocketAddr, std::net::SocketAddr) =
         ("10.0.0.1:5000".parse().unwrap(), "10.0.0.2:5000".parse().unwrap());
@@ -415,13 +449,14 @@ async fn each_new_caller_is_recorded_once() {
     assert!(!t.new_caller(std::net::IpAddr::from([10, 2, 0, 1])));
 }
 
-fn limited(limits: super::Limits) -> Engine {
-    engine_with(EngineConfig { limits, ..EngineConfig::default() })
+fn limited(fakes: &Arc<Fakes>, limits: super::Limits) -> Engine {
+    engine_with(fakes, EngineConfig { limits, ..EngineConfig::default() })
 }
 
 #[tokio::test(start_paused = true)]
 async fn metadata_over_the_limits_names_the_flag() {
-    let e = limited(super::Limits { metadata_entries: 3, metadata_bytes: 40, ..Default::default() });
+    let fakes = Fakes::new();
+    let e = limited(&fakes, super::Limits { metadata_entries: 3, metadata_bytes: 40, ..Default::default() });
     let many = md(&[("source", "lim"), ("a", "1"), ("b", "2"), ("c", "3")]);
     let err = e.resolve("ns", "so", &many, None).await.err().expect("limit error").to_string();
     assert!(err.contains("--max-metadata-entries 3"), "{err}");
@@ -432,10 +467,11 @@ async fn metadata_over_the_limits_names_the_flag() {
 
 #[tokio::test(start_paused = true)]
 async fn trigger_limit_evicts_the_least_recently_used() {
+    let fakes = Fakes::new();
     for name in ["lru-a", "lru-b", "lru-c"] {
-        fake(name).set(Ok(1.0));
+        fakes.get(name).set(Ok(1.0));
     }
-    let e = limited(super::Limits { triggers: 2, ..Default::default() });
+    let e = limited(&fakes, super::Limits { triggers: 2, ..Default::default() });
     let a = md(&[("source", "lru-a")]);
     let b = md(&[("source", "lru-b")]);
     e.resolve("ns", "a", &a, None).await.unwrap();
@@ -457,10 +493,11 @@ async fn trigger_limit_evicts_the_least_recently_used() {
 
 #[tokio::test(start_paused = true)]
 async fn source_limit_evicts_the_least_recently_used_source_whole() {
+    let fakes = Fakes::new();
     for name in ["src-a", "src-b", "src-c"] {
-        fake(name).set(Ok(1.0));
+        fakes.get(name).set(Ok(1.0));
     }
-    let e = limited(super::Limits { sources: 2, ..Default::default() });
+    let e = limited(&fakes, super::Limits { sources: 2, ..Default::default() });
     let a1 = md(&[("source", "src-a")]);
     let a2 = md(&[("source", "src-a"), ("activationThreshold", "3")]);
     e.resolve("ns", "a1", &a1, None).await.unwrap(); // the oldest trigger …
@@ -485,7 +522,8 @@ async fn source_limit_evicts_the_least_recently_used_source_whole() {
 
 #[tokio::test(start_paused = true)]
 async fn stream_limit_is_an_error_naming_the_flag() {
-    let e = limited(super::Limits { streams: 1, ..Default::default() });
+    let fakes = Fakes::new();
+    let e = limited(&fakes, super::Limits { streams: 1, ..Default::default() });
     let first = e.stream_permit().unwrap();
     let err = e.stream_permit().err().unwrap().to_string();
     assert!(err.contains("--max-streams 1"), "{err}");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ebb_scalers::azure_queue::{AccountKey, DEV_ACCOUNT, DEV_KEY, iso8601};
+use ebb_scalers::azure::storage::{AccountKey, DEV_ACCOUNT, DEV_KEY, iso8601};
 use tempfile::TempDir;
 
 /// How long Azurite may take to listen (≈ 1.2 s idle; 2 busy cores).

@@ -1,5 +1,6 @@
-//! What the Azure scalers share: clouds and endpoint suffixes, where credentials come from, and
-//! ebb's own Entra ID identity.
+//! What the Azure scalers share: clouds and endpoint suffixes, where credentials come from,
+//! Storage ([`storage`]) and namespace ([`namespace`]) plumbing, Entra tokens ([`token`]) and
+//! XML reading ([`xml`]).
 //!
 //! Credential resolution order (design: "Credentials"), for a trigger key such as `connection`:
 //! 1. the value in the metadata: `connection`, or `connectionFromEnv` as KEDA delivers it (the
@@ -7,14 +8,15 @@
 //! 2. a named secret: `connectionRef: <name>` reads the file `<secrets dir>/<name>` (a mounted
 //!    Kubernetes Secret or a Container Apps secret volume), re-read at every poll so a rotated
 //!    secret is picked up without a restart;
-//! 3. ebb's own workload identity or managed identity ([`identity`]).
+//! 3. ebb's own workload identity or managed identity ([`ScalerContext::identity_for`]).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use crate::secret::fingerprint;
+use crate::{ConfigError, Metadata, PollError, ScalerContext};
 
-use azure_core::credentials::TokenCredential;
-
-use crate::{ConfigError, Metadata, PollError};
+pub mod namespace;
+pub mod storage;
+pub mod token;
+pub mod xml;
 
 /// Sovereign clouds KEDA knows (`pkg/scalers/azure/azure_cloud_environment.go`), plus `Private`,
 /// which needs `endpointSuffix`.
@@ -111,10 +113,10 @@ impl SecretSource {
     }
 
     /// The secret's value now.
-    pub fn resolve(&self) -> Result<String, PollError> {
+    pub fn resolve(&self, ctx: &ScalerContext) -> Result<String, PollError> {
         match self {
             SecretSource::Value(v) => Ok(v.clone()),
-            SecretSource::Named(name) => read_named_secret(name),
+            SecretSource::Named(name) => ctx.read_secret(name),
         }
     }
 
@@ -132,79 +134,6 @@ fn valid_secret_name(name: &str) -> bool {
         && name != "."
         && name != ".."
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-static SECRETS_DIR: OnceLock<PathBuf> = OnceLock::new();
-
-/// Sets the directory named secrets are read from (once, at start-up; `ebb serve
-/// --secrets-dir`). Default: `$EBB_SECRETS_DIR`, else `/var/run/secrets/ebb`.
-pub fn set_secrets_dir(dir: PathBuf) {
-    let _ = SECRETS_DIR.set(dir);
-}
-
-pub fn secrets_dir() -> &'static Path {
-    SECRETS_DIR.get_or_init(|| {
-        std::env::var_os("EBB_SECRETS_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/run/secrets/ebb"))
-    })
-}
-
-fn read_named_secret(name: &str) -> Result<String, PollError> {
-    let path = secrets_dir().join(name);
-    std::fs::read_to_string(&path).map(|s| s.trim().to_string()).map_err(|e| {
-        PollError::Credential(format!("named secret {name:?} cannot be read from {}: {e}", path.display()))
-    })
-}
-
-/// A short, salted fingerprint of a secret for source keys: equal secrets give equal keys in
-/// this process, and a key seen in a log reveals nothing.
-pub fn fingerprint(secret: &str) -> String {
-    use sha2::{Digest, Sha256};
-    static SALT: OnceLock<[u8; 16]> = OnceLock::new();
-    let salt = SALT.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut out = [0u8; 16];
-        for chunk in out.chunks_mut(8) {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(0);
-            chunk.copy_from_slice(&h.finish().to_le_bytes());
-        }
-        out
-    });
-    let digest = Sha256::new().chain_update(salt).chain_update(secret.as_bytes()).finalize();
-    crate::fingerprint_text(&digest)
-}
-
-/// ebb's own identity for a token that will be sent to `target`. The engine has checked the
-/// trigger's declared uses against the operator's policy ([`crate::trust`]); this checks again,
-/// at the last moment, that the token goes over https to a service host name.
-pub fn identity_for(target: &url::Url) -> Result<Arc<dyn TokenCredential>, PollError> {
-    crate::trust::check_token_target(target)?;
-    identity()
-}
-
-/// ebb's own Entra ID identity, shared by every source (the credentials cache tokens per scope):
-/// workload identity when `AZURE_FEDERATED_TOKEN_FILE` is set, else managed identity
-/// (user-assigned when `AZURE_CLIENT_ID` is set). A failure is not cached: the next poll retries.
-fn identity() -> Result<Arc<dyn TokenCredential>, PollError> {
-    static CREDENTIAL: Mutex<Option<Arc<dyn TokenCredential>>> = Mutex::new(None);
-    let mut slot = CREDENTIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = slot.as_ref() {
-        return Ok(c.clone());
-    }
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let credential: Arc<dyn TokenCredential> = if env("AZURE_FEDERATED_TOKEN_FILE").is_some() {
-        azure_identity::WorkloadIdentityCredential::new(None)
-            .map_err(|e| PollError::Credential(format!("workload identity: {e}")))?
-    } else {
-        let options = azure_identity::ManagedIdentityCredentialOptions {
-            user_assigned_id: env("AZURE_CLIENT_ID").map(azure_identity::UserAssignedId::ClientId),
-            ..Default::default()
-        };
-        azure_identity::ManagedIdentityCredential::new(Some(options))
-            .map_err(|e| PollError::Credential(format!("managed identity: {e}")))?
-    };
-    *slot = Some(credential.clone());
-    Ok(credential)
 }
 
 #[cfg(test)]
@@ -259,30 +188,5 @@ mod tests {
             assert_eq!(SecretSource::from_metadata(&Metadata::new(&m), "connection").unwrap_err().key, "connectionRef");
         }
         assert_eq!(SecretSource::from_metadata(&Metadata::new(&md(&[])), "connection").unwrap(), None);
-    }
-
-    #[test]
-    fn named_secrets_are_read_at_resolve_time() {
-        let dir = std::env::temp_dir().join(format!("ebb-secrets-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        set_secrets_dir(dir.clone());
-        if secrets_dir() != dir {
-            return; // another test in this process set it first; the lookup rules are covered there
-        }
-        std::fs::write(dir.join("conn"), "first\n").unwrap();
-        let s = SecretSource::Named("conn".into());
-        assert_eq!(s.resolve().unwrap(), "first");
-        std::fs::write(dir.join("conn"), "rotated").unwrap();
-        assert_eq!(s.resolve().unwrap(), "rotated");
-        let e = SecretSource::Named("missing".into()).resolve().unwrap_err();
-        assert_eq!(e.kind(), "credential");
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn fingerprints_match_for_equal_secrets_only() {
-        assert_eq!(fingerprint("a"), fingerprint("a"));
-        assert_ne!(fingerprint("a"), fingerprint("b"));
-        assert_eq!(fingerprint("a").len(), 19);
     }
 }

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -28,30 +28,16 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::{Connection, OAuth, PartitionOffsets, PollTarget, REQUEST_TIMEOUT, Sasl, fetch_token};
-use crate::{ConfigError, ConfigErrors, Measurement, PollError, Poller};
+use crate::{ConfigError, ConfigErrors, Measurement, PollError, Poller, ScalerContext};
 
-/// Builds the poller of one (cluster, group, topic) on the cluster's shared client.
-pub(super) fn poller(target: Arc<PollTarget>) -> Result<Arc<dyn Poller>, ConfigErrors> {
-    let client = shared(&target.connection)
+/// Builds the poller of one (cluster, group, topic) on the cluster's client, shared through
+/// the context by every source on that cluster with the same security settings.
+pub(super) fn poller(ctx: &Arc<ScalerContext>, target: Arc<PollTarget>) -> Result<Arc<dyn Poller>, ConfigErrors> {
+    let conn = &target.connection;
+    let client = ctx
+        .shared(&conn.key(), || KafkaClient::new(conn))
         .map_err(|e| ConfigError::new("bootstrapServers", format!("cannot create the Kafka client: {e}")))?;
-    Ok(Arc::new(KafkaPoller { client, target, previous: Mutex::new(HashMap::new()) }))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared clients
-// ---------------------------------------------------------------------------------------------
-
-fn shared(conn: &Connection) -> Result<Arc<KafkaClient>, String> {
-    static CLIENTS: OnceLock<Mutex<HashMap<String, Weak<KafkaClient>>>> = OnceLock::new();
-    let mut clients = CLIENTS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    clients.retain(|_, w| w.strong_count() > 0);
-    let key = conn.key();
-    if let Some(c) = clients.get(&key).and_then(Weak::upgrade) {
-        return Ok(c);
-    }
-    let client = Arc::new(KafkaClient::new(conn)?);
-    clients.insert(key, Arc::downgrade(&client));
-    Ok(client)
+    Ok(Arc::new(KafkaPoller { ctx: ctx.clone(), client, target, previous: Mutex::new(HashMap::new()) }))
 }
 
 /// One librdkafka handle and the thread that polls its event queue.
@@ -552,6 +538,7 @@ impl KafkaClient {
 // ---------------------------------------------------------------------------------------------
 
 struct KafkaPoller {
+    ctx: Arc<ScalerContext>,
     client: Arc<KafkaClient>,
     target: Arc<PollTarget>,
     /// Committed offsets seen by the previous poll (`excludePersistentLag`).
@@ -562,10 +549,7 @@ struct KafkaPoller {
 impl Poller for KafkaPoller {
     async fn poll(&self) -> Result<Measurement, PollError> {
         let span = tracing::debug_span!("kafka_poll", group = %self.target.group, topic = ?self.target.topic);
-        match tokio::time::timeout(super::POLL_TIMEOUT, self.measure().instrument(span)).await {
-            Ok(r) => r,
-            Err(_) => Err(PollError::Timeout(super::POLL_TIMEOUT)),
-        }
+        self.measure().instrument(span).await
     }
 }
 
@@ -593,10 +577,10 @@ impl KafkaPoller {
                 let committed = self.client.committed(&t.group, None).await?;
                 let topics: HashSet<Arc<str>> = committed.keys().map(|(t, _)| t.clone()).collect();
                 let mut parts = Vec::new();
-                let lists = crate::bounded_requests(topics.iter().cloned(), |name| async move {
-                    self.client.partitions(&name).await
-                })
-                .await?;
+                let lists = self
+                    .ctx
+                    .bounded_requests(topics.iter().cloned(), |name| async move { self.client.partitions(&name).await })
+                    .await?;
                 for (name, ids) in topics.iter().zip(lists) {
                     if ids.is_empty() {
                         return Err(PollError::Rejected(format!(

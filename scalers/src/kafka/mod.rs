@@ -54,10 +54,11 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::azure::fingerprint;
 use crate::metadata::collect;
-use crate::prometheus::{Secret, check_certs, check_key};
-use crate::{ConfigError, ConfigErrors, Evaluation, Measurement, Metadata, PollError, Poller, Scaler, SourceKey};
+use crate::secret::{Secret, check_certs, check_key, fingerprint};
+use crate::{
+    ConfigError, ConfigErrors, Evaluation, Measurement, Metadata, PollError, Poller, Scaler, ScalerContext, SourceKey,
+};
 
 #[cfg(feature = "kafka")]
 mod client;
@@ -72,6 +73,17 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 pub const POLL_TIMEOUT: Duration = Duration::from_secs(9);
 /// `partitionLimitation` ranges wider than this are refused (KEDA would expand them in memory).
 const MAX_LIMITATION_SPAN: i64 = 1 << 20;
+
+/// Metadata that parses (the registry's contract test runs it).
+pub const EXAMPLE: &[(&str, &str)] = &[
+    ("bootstrapServers", "kafka-0.kafka:9092,kafka-1.kafka:9092"),
+    ("consumerGroup", "orders"),
+    ("topic", "orders"),
+    ("lagThreshold", "10"),
+    ("sasl", "plaintext"),
+    ("username", "ebb"),
+    ("password", "s3cr3t"),
+];
 
 // ---------------------------------------------------------------------------------------------
 // Formula (pure)
@@ -580,12 +592,12 @@ impl Scaler for KafkaScaler {
     }
 
     #[cfg(feature = "kafka")]
-    fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
-        client::poller(self.target.clone())
+    fn poller(&self, ctx: &Arc<ScalerContext>) -> Result<Arc<dyn Poller>, ConfigErrors> {
+        client::poller(ctx, self.target.clone())
     }
 
     #[cfg(not(feature = "kafka"))]
-    fn poller(&self) -> Result<Arc<dyn Poller>, ConfigErrors> {
+    fn poller(&self, _ctx: &Arc<ScalerContext>) -> Result<Arc<dyn Poller>, ConfigErrors> {
         Err(ConfigError::new("scalerType", "this ebb was built without the `kafka` feature").into())
     }
 }
