@@ -144,30 +144,36 @@ fn table_keys<'a>(lines: impl Iterator<Item = &'a str>) -> std::collections::BTr
     keys
 }
 
-/// Each scaler's metadata table is written for users in docs/scalers.md and next to the code in
-/// its module doc; the keys must be the same in both.
+/// Each scaler's metadata table is written for users in docs/scalers.md, under a heading naming
+/// `scalerType: <type>`, and next to the code in its module doc; for every registered scaler the
+/// keys must be the same in both.
 #[test]
 fn scaler_tables_match_the_modules() {
     let docs = std::fs::read_to_string(repo().join("docs/scalers.md")).expect("docs/scalers.md");
-    let sections: Vec<(&str, &str)> = vec![
-        ("## Prometheus", "scalers/src/prometheus/mod.rs"),
-        ("## Azure Storage Queue", "scalers/src/azure_queue/mod.rs"),
-        ("## Azure Service Bus", "scalers/src/azure_servicebus/mod.rs"),
-        ("## Azure Event Hubs", "scalers/src/azure_eventhub/mod.rs"),
-        ("## Kafka", "scalers/src/kafka/mod.rs"),
-    ];
     let mut differences = Vec::new();
-    for (heading, module) in sections {
-        let start = docs.find(heading).unwrap_or_else(|| panic!("{heading} in docs/scalers.md"));
+    for r in ebb_scalers::Registry::default().scalers() {
+        let marker = format!("`scalerType: {}", r.scaler_type);
+        let heading = docs
+            .lines()
+            .find(|l| l.starts_with("## ") && l.contains(&marker))
+            .unwrap_or_else(|| panic!("a `## ` heading naming {marker}` in docs/scalers.md"));
+        let start = docs.find(heading).expect("heading");
         let body = &docs[start + heading.len()..];
         let body = &body[..body.find("\n## ").unwrap_or(body.len())];
         let in_docs = table_keys(body.lines());
-        let code = std::fs::read_to_string(repo().join(module)).expect("module");
+        let name = r.scaler_type.replace('-', "_");
+        let module = ["scalers/src/{}/mod.rs", "scalers/src/{}.rs"]
+            .iter()
+            .map(|p| repo().join(p.replace("{}", &name)))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("the module of {}", r.scaler_type));
+        let code = std::fs::read_to_string(&module).expect("module");
         let in_module = table_keys(code.lines().filter_map(|l| l.strip_prefix("//!")));
         if in_docs != in_module {
             let only_docs: Vec<_> = in_docs.difference(&in_module).collect();
             let only_module: Vec<_> = in_module.difference(&in_docs).collect();
-            differences.push(format!("{module}: only in docs {only_docs:?}, only in the module {only_module:?}"));
+            differences
+                .push(format!("{}: only in docs {only_docs:?}, only in the module {only_module:?}", module.display()));
         }
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));

@@ -33,12 +33,20 @@ pub mod registry;
 pub mod secret;
 pub mod trust;
 
-// One module per source.
-pub mod azure_eventhub;
-pub mod azure_queue;
-pub mod azure_servicebus;
-pub mod kafka;
-pub mod prometheus;
+/// Declares the source modules and registers each by its `SCALER_TYPE`, `parse` and `EXAMPLE`.
+macro_rules! sources {
+    ($($m:ident),* $(,)?) => {
+        $(pub mod $m;)*
+
+        /// Every built-in scaler, in the order of [`sources!`] (sorted by type; a test checks).
+        pub(crate) fn builtin_scalers() -> Vec<Registration> {
+            vec![$(Registration::new($m::SCALER_TYPE, $m::parse, $m::EXAMPLE)),*]
+        }
+    };
+}
+
+// One module per source; adding a scaler is its module, this line and its docs page.
+sources!(azure_eventhub, azure_queue, azure_servicebus, kafka, prometheus);
 
 pub use context::{ScalerContext, Settings};
 pub use metadata::{ConfigError, ConfigErrors, Metadata};

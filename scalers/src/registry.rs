@@ -4,9 +4,9 @@
 //! builds gets. `ebb serve`, `ebb check` and the bench build it with [`Registry::builtin`] from
 //! the same [`Settings`]; tests register scalers they control.
 //!
-//! Adding a scaler is one line in [`builtin`]: its module's `SCALER_TYPE`, `parse` and
-//! `EXAMPLE` (valid metadata, which the contract test in `tests/contract.rs` runs every
-//! registered scaler through).
+//! Adding a scaler is one line in the crate root's `sources!`: its module, whose `SCALER_TYPE`,
+//! `parse` and `EXAMPLE` (valid metadata, which the contract test in `tests/contract.rs` runs
+//! every registered scaler through) register it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -43,16 +43,9 @@ impl Registration {
     }
 }
 
-/// Registers source modules by their `SCALER_TYPE`, `parse` and `EXAMPLE`.
-macro_rules! modules {
-    ($($m:ident),* $(,)?) => {
-        vec![$(Registration::new(crate::$m::SCALER_TYPE, crate::$m::parse, crate::$m::EXAMPLE)),*]
-    };
-}
-
 /// Every scaler type ebb serves, sorted by name (as KEDA keeps its `switch`; a test checks).
 pub fn builtin() -> Vec<Registration> {
-    modules![azure_eventhub, azure_queue, azure_servicebus, kafka, prometheus]
+    crate::builtin_scalers()
 }
 
 /// The metadata key naming the scaler type.
