@@ -62,7 +62,7 @@ fn uses(file: &Path, forbidden: &[String]) -> Vec<String> {
 #[test]
 fn sources_import_shared_modules_only() {
     let sources = sources();
-    assert_eq!(sources.len(), 5, "{sources:?}");
+    assert!(sources.len() >= 5, "{sources:?}");
     let mut found = Vec::new();
     for s in &sources {
         let others: Vec<String> = sources.iter().filter(|o| *o != s).cloned().collect();
