@@ -129,6 +129,20 @@ impl SecretSource {
     }
 }
 
+/// The `Key=Value` pairs of a `;`-separated connection string: keys lowercased (they are
+/// case-insensitive), values trimmed (a value may contain `=`). `Err(n)` names the first part
+/// without `=` by its place (from 1), never by its text.
+pub fn connection_pairs(s: &str) -> Result<Vec<(String, String)>, usize> {
+    s.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .enumerate()
+        .map(|(i, part)| {
+            part.split_once('=').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).ok_or(i + 1)
+        })
+        .collect()
+}
+
 fn valid_secret_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."

@@ -37,12 +37,11 @@ impl NamespaceConnection {
     /// carries a value.
     pub fn parse(s: &str) -> Result<NamespaceConnection, String> {
         let (mut endpoint, mut key_name, mut key, mut sas, mut entity_path) = (None, None, None, None, None);
-        for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let Some((k, v)) = part.split_once('=') else {
-                return Err("is not a Service Bus connection string (expected key=value pairs separated by ';')".into());
-            };
-            let v = v.trim().to_owned();
-            match k.trim().to_ascii_lowercase().as_str() {
+        let pairs = super::connection_pairs(s).map_err(|_| {
+            "is not a Service Bus connection string (expected key=value pairs separated by ';')".to_owned()
+        })?;
+        for (k, v) in pairs {
+            match k.as_str() {
                 "endpoint" => endpoint = Some(v),
                 "sharedaccesskeyname" => key_name = Some(v),
                 "sharedaccesskey" => key = Some(v),

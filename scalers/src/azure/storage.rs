@@ -29,6 +29,10 @@ pub const DEV_ACCOUNT: &str = "devstoreaccount1";
 pub const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const DEV_QUEUE_ENDPOINT: &str = "http://127.0.0.1:10001/devstoreaccount1";
 
+fn pairs(s: &str) -> Result<Vec<(String, String)>, String> {
+    super::connection_pairs(s).map_err(|n| format!("connection string: part {n} is not of the form Key=Value"))
+}
+
 /// A storage account key, decoded. `Debug` prints `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccountKey(Vec<u8>);
@@ -93,12 +97,8 @@ impl ConnectionString {
         let mut endpoint = None;
         let mut sas = None;
         let mut dev = false;
-        for (i, part) in s.split(';').map(str::trim).filter(|p| !p.is_empty()).enumerate() {
-            let Some((k, v)) = part.split_once('=') else {
-                return Err(format!("connection string: part {} is not of the form Key=Value", i + 1));
-            };
-            let v = v.trim().to_string();
-            match k.trim().to_ascii_lowercase().as_str() {
+        for (k, v) in pairs(s)? {
+            match k.as_str() {
                 "defaultendpointsprotocol" => protocol = Some(v),
                 "accountname" => account = Some(v),
                 "accountkey" => key = Some(v),
@@ -203,10 +203,8 @@ pub fn blob_container_sas(account: &str, key: &AccountKey, container: &str, perm
 /// a value.
 pub fn blob_endpoint(s: &str) -> Result<Url, String> {
     let (mut protocol, mut account, mut suffix, mut endpoint, mut dev) = (None, None, None, None, false);
-    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((k, v)) = part.split_once('=') else { continue };
-        let v = v.trim().to_string();
-        match k.trim().to_ascii_lowercase().as_str() {
+    for (k, v) in pairs(s)? {
+        match k.as_str() {
             "defaultendpointsprotocol" => protocol = Some(v),
             "accountname" => account = Some(v),
             "endpointsuffix" => suffix = Some(v),

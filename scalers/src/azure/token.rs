@@ -65,3 +65,46 @@ impl TokenCache {
         *self.slot.lock().await = None;
     }
 }
+
+/// A credential that counts its calls and answers a fixed token or error (tests).
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use azure_core::credentials::{AccessToken, TokenCredential};
+
+    use super::*;
+
+    #[derive(Debug)]
+    pub(crate) struct FakeCredential {
+        pub(crate) token: Result<&'static str, &'static str>,
+        pub(crate) lifetime: Duration,
+        pub(crate) calls: AtomicUsize,
+        pub(crate) scopes: Mutex<Vec<String>>,
+    }
+
+    impl FakeCredential {
+        pub(crate) fn new(token: Result<&'static str, &'static str>, lifetime: Duration) -> Arc<Self> {
+            Arc::new(Self { token, lifetime, calls: AtomicUsize::new(0), scopes: Mutex::default() })
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl TokenCredential for FakeCredential {
+        async fn get_token(
+            &self,
+            scopes: &[&str],
+            _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<AccessToken> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.scopes.lock().unwrap().extend(scopes.iter().map(|s| s.to_string()));
+            match self.token {
+                Ok(t) => {
+                    Ok(AccessToken::new(t.to_owned(), azure_core::time::OffsetDateTime::now_utc() + self.lifetime))
+                }
+                Err(msg) => Err(azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, msg)),
+            }
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::azure::namespace::error_detail;
-use azure_core::credentials::{AccessToken, TokenCredential};
+use crate::azure::token::fake::FakeCredential;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -236,28 +236,6 @@ fn evaluate_is_strictly_greater() {
     assert_eq!(s.evaluate(&Measurement::Value(4.0)), Evaluation { metric: 4.0, active: true });
 }
 
-#[derive(Debug)]
-struct FakeCredential {
-    calls: std::sync::atomic::AtomicUsize,
-    scopes: Mutex<Vec<String>>,
-}
-
-#[async_trait::async_trait]
-impl TokenCredential for FakeCredential {
-    async fn get_token(
-        &self,
-        scopes: &[&str],
-        _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
-    ) -> azure_core::Result<AccessToken> {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.scopes.lock().unwrap().extend(scopes.iter().map(|s| s.to_string()));
-        Ok(AccessToken::new(
-            "entra-token-1".to_owned(),
-            azure_core::time::OffsetDateTime::now_utc() + Duration::from_secs(3600),
-        ))
-    }
-}
-
 /// Identity mode: a Bearer token for the Service Bus scope, reused across polls.
 #[tokio::test]
 async fn identity_sends_a_cached_bearer_token() {
@@ -278,7 +256,7 @@ async fn identity_sends_a_cached_bearer_token() {
     let mut s = config(&[("topicName", "events"), ("subscriptionName", "billing"), ("namespace", "ns")]).unwrap();
     // Point the namespace at the local server (loopback ⇒ http).
     s.auth = Auth::Identity { host: addr.to_string(), host_key: "namespace" };
-    let cred = Arc::new(FakeCredential { calls: Default::default(), scopes: Mutex::default() });
+    let cred = FakeCredential::new(Ok("entra-token-1"), Duration::from_secs(3600));
     let poller = s.build_poller(&ctx(), Some(cred.clone())).unwrap();
     for _ in 0..2 {
         assert_eq!(poller.poll().await.unwrap(), Measurement::Value(7.0));

@@ -2,8 +2,8 @@
 //! (plain, TLS and mTLS, Azure managed Prometheus with a fake credential).
 
 use super::*;
+use crate::azure::token::fake::FakeCredential;
 use crate::PollError;
-use azure_core::credentials::{AccessToken, TokenCredential};
 use reqwest::header::AUTHORIZATION;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -13,7 +13,7 @@ fn ctx() -> Arc<ScalerContext> {
     Arc::new(ScalerContext::default())
 }
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 const ADDR: &str = "http://localhost:9090";
@@ -713,36 +713,6 @@ async fn poll_sends_headers_and_auth() {
 // ---- Azure Monitor managed Prometheus ----------------------------------------------
 
 /// A credential handing out `token`, counting calls.
-#[derive(Debug)]
-struct FakeCredential {
-    token: Result<&'static str, &'static str>,
-    lifetime: Duration,
-    calls: AtomicUsize,
-    scopes: Mutex<Vec<String>>,
-}
-
-impl FakeCredential {
-    fn new(token: Result<&'static str, &'static str>, lifetime: Duration) -> Arc<Self> {
-        Arc::new(Self { token, lifetime, calls: AtomicUsize::new(0), scopes: Mutex::default() })
-    }
-}
-
-#[async_trait::async_trait]
-impl TokenCredential for FakeCredential {
-    async fn get_token(
-        &self,
-        scopes: &[&str],
-        _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
-    ) -> azure_core::Result<AccessToken> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.scopes.lock().unwrap().extend(scopes.iter().map(|s| s.to_string()));
-        match self.token {
-            Ok(t) => Ok(AccessToken::new(t.to_owned(), azure_core::time::OffsetDateTime::now_utc() + self.lifetime)),
-            Err(msg) => Err(azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, msg)),
-        }
-    }
-}
-
 /// An Azure-detected config whose URL is moved to the local stub.
 fn azure_config(local: &str) -> PrometheusScaler {
     let mut s = ok(&[("serverAddress", "https://ws-1.eastus.prometheus.monitor.azure.com")]);
