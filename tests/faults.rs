@@ -6,8 +6,10 @@
 //! GetMetricSpec → GetMetrics → IsActive on several ScaledObjects per source, with KEDA's 3 s
 //! deadline. Each source goes through its faults one after the other: slow, reset, truncated,
 //! 500, 429, 503 and garbage (Kafka: slow, reset, truncated and garbage; HTTP statuses do not
-//! exist on its wire). First each source alone, while the others must stay exact (not even
-//! UNAVAILABLE); then every source at the same time. Shown for every fault:
+//! exist on its wire). One test per source alone (`<source>_every_fault_alone_…`), with every
+//! other source under the same load and required to stay exact (not even UNAVAILABLE); and one
+//! test with every source faulted at the same time. Each test has its own servers, proxies and
+//! ebb ([`Rig`]). Shown for every fault:
 //! - no hung RPC: no deadline is exceeded;
 //! - the last good value is served while it is inside the staleness bound;
 //! - then UNAVAILABLE, and never IsActive=false or a made-up value;
@@ -236,9 +238,20 @@ fn source(
     Source { name, md, good, faults, set: Box::new(set), strict: Arc::new(AtomicBool::new(false)) }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_fault_on_every_source_alone_then_all_at_once_while_keda_load_runs() {
-    within(TEST_LIMIT, "every_fault_on_every_source_alone_then_all_at_once_while_keda_load_runs", async {
+/// Every source behind its fault proxy, one ebb, and KEDA's load on every source, each strict
+/// (not even UNAVAILABLE) from its first good answer on; the servers are kept as long as the rig.
+struct Rig {
+    keda: Keda,
+    sources: Vec<Source>,
+    seen: Arc<Violations>,
+    stop: Arc<AtomicBool>,
+    /// A line per fault with what was measured.
+    report: Vec<String>,
+    _servers: Vec<Box<dyn std::any::Any>>,
+}
+
+impl Rig {
+    async fn start() -> Rig {
         let stack = PromStack::start().await;
         let az = Azurite::start();
         let sb = ServiceBusDouble::start().await;
@@ -250,14 +263,16 @@ async fn every_fault_on_every_source_alone_then_all_at_once_while_keda_load_runs
             azure_servicebus(&sb).await,
             azure_eventhub(&eh, &az).await,
         ];
+        let mut servers: Vec<Box<dyn std::any::Any>> = vec![Box::new(stack), Box::new(az), Box::new(sb), Box::new(eh)];
         #[cfg(feature = "kafka")]
-        let _tansu = {
+        {
             let (tansu, src) = kafka().await;
             sources.push(src);
-            tansu
-        };
+            servers.push(Box::new(tansu));
+        }
 
-        let (_srv, keda) = start_ebb_with(engine()).await;
+        let (srv, keda) = start_ebb_with(engine()).await;
+        servers.push(Box::new(srv));
         let seen = Arc::new(Violations::default());
         let stop = Arc::new(AtomicBool::new(false));
         for src in &sources {
@@ -276,32 +291,84 @@ async fn every_fault_on_every_source_alone_then_all_at_once_while_keda_load_runs
             .await;
             src.strict.store(true, Ordering::SeqCst);
         }
-        let mut report = Vec::new();
+        Rig { keda, sources, seen, stop, report: Vec::new(), _servers: servers }
+    }
 
-        // Alone: one source faulted, the others must not notice.
-        for (i, src) in sources.iter().enumerate() {
+    /// Every fault on source `name` alone: the others must not notice.
+    async fn alone(&mut self, name: &str) {
+        let src = self.sources.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no source {name}"));
+        src.strict.store(false, Ordering::SeqCst);
+        let lines = fault_matrix(&self.keda, src, "alone").await;
+        // Healed (the probe saw the true value); strict again once in-flight cycles end.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        src.strict.store(true, Ordering::SeqCst);
+        let so_far = self.seen.0.lock().unwrap().clone();
+        assert!(so_far.is_empty(), "after {name} alone: {so_far:#?}");
+        self.report.extend(lines);
+    }
+
+    /// Every fault on every source at the same time.
+    async fn together(&mut self) {
+        for src in &self.sources {
             src.strict.store(false, Ordering::SeqCst);
-            report.extend(fault_matrix(&keda, src, "alone").await);
-            // Healed (the probe saw the true value); strict again once in-flight cycles end.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            src.strict.store(true, Ordering::SeqCst);
-            let so_far = seen.0.lock().unwrap().clone();
-            assert!(so_far.is_empty(), "after {} (#{i}) alone: {so_far:#?}", src.name);
         }
+        let all = futures::future::join_all(self.sources.iter().map(|src| fault_matrix(&self.keda, src, "together")));
+        self.report.extend(all.await.into_iter().flatten());
+    }
 
-        // All at once.
-        for src in &sources {
-            src.strict.store(false, Ordering::SeqCst);
-        }
-        let all = futures::future::join_all(sources.iter().map(|src| fault_matrix(&keda, src, "together"))).await;
-        report.extend(all.into_iter().flatten());
-        stop.store(true, Ordering::SeqCst);
-
-        for line in &report {
+    /// Stops the load, prints what was measured, and fails on anything the load saw.
+    fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for line in &self.report {
             println!("{line}");
         }
-        let seen = seen.0.lock().unwrap();
+        let seen = self.seen.0.lock().unwrap();
         assert!(seen.is_empty(), "the load saw {} violations: {:#?}", seen.len(), &seen[..seen.len().min(10)]);
+    }
+}
+
+/// The test of source `name` alone.
+async fn every_fault_alone(name: &str) {
+    within(TEST_LIMIT, &format!("every fault on {name} alone"), async {
+        let mut rig = Rig::start().await;
+        rig.alone(name).await;
+        rig.finish();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prometheus_every_fault_alone_while_keda_load_runs() {
+    every_fault_alone("prometheus").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azure_queue_every_fault_alone_while_keda_load_runs() {
+    every_fault_alone("azure-queue").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azure_servicebus_every_fault_alone_while_keda_load_runs() {
+    every_fault_alone("azure-servicebus").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azure_eventhub_every_fault_alone_while_keda_load_runs() {
+    every_fault_alone("azure-eventhub").await;
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_every_fault_alone_while_keda_load_runs() {
+    every_fault_alone("kafka").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_fault_on_every_source_at_once_while_keda_load_runs() {
+    within(TEST_LIMIT, "every fault on every source at once", async {
+        let mut rig = Rig::start().await;
+        rig.together().await;
+        rig.finish();
     })
     .await;
 }

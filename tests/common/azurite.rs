@@ -28,6 +28,8 @@ pub struct Azurite {
     log: PathBuf,
     pub queue_port: u16,
     pub blob_port: u16,
+    /// The account key of `devstoreaccount1` in this instance (base64).
+    key: String,
     http: reqwest::Client,
 }
 
@@ -36,8 +38,16 @@ fn azurite_bin() -> PathBuf {
 }
 
 impl Azurite {
-    /// Starts Azurite; panics if it is not installed or does not listen in time.
+    /// Starts Azurite with the well-known dev key; panics if it is not installed or does not
+    /// listen in time.
     pub fn start() -> Azurite {
+        Azurite::start_with_key(DEV_KEY)
+    }
+
+    /// Starts Azurite whose `devstoreaccount1` has account key `key` (base64) instead of the
+    /// well-known dev key, which it then refuses (Azurite's `AZURITE_ACCOUNTS`): a key that no
+    /// other test hands to ebb.
+    pub fn start_with_key(key: &str) -> Azurite {
         let bin = azurite_bin();
         if !bin.exists() {
             panic!("azurite not installed: run scripts/install-services.sh (looked for {})", bin.display());
@@ -66,7 +76,11 @@ impl Azurite {
             "--loose",
             "--disableTelemetry",
         ];
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        if key != DEV_KEY {
+            cmd.env("AZURITE_ACCOUNTS", format!("{DEV_ACCOUNT}:{key}"));
+        }
+        let child = cmd
             .args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -80,6 +94,7 @@ impl Azurite {
             log,
             queue_port: 0,
             blob_port: 0,
+            key: key.to_string(),
             http: reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client"),
         };
         const MARK: &str = "Queue service is successfully listening at http://127.0.0.1:";
@@ -117,9 +132,14 @@ impl Azurite {
         endpoint(self.queue_port)
     }
 
+    /// The account key of this instance (base64).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The explicit dev connection string pointing at this instance.
     pub fn connection_string(&self) -> String {
-        connection_string(self.queue_port, DEV_KEY)
+        connection_string(self.queue_port, &self.key)
     }
 
     /// `http://127.0.0.1:<blob port>/devstoreaccount1`.
@@ -130,7 +150,8 @@ impl Azurite {
     /// A dev storage connection string for the blob service of this instance.
     pub fn blob_connection_string(&self) -> String {
         format!(
-            "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};BlobEndpoint={};",
+            "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={};BlobEndpoint={};",
+            self.key,
             self.blob_endpoint()
         )
     }
@@ -208,7 +229,7 @@ impl Azurite {
         ms.sort();
         let canonical: String = ms.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
         let sts = format!("{method}\n\n\n{len}\n\n{ct}\n\n\n\n\n\n\n{canonical}{resource}");
-        let sig = AccountKey::from_base64(DEV_KEY).expect("dev key").sign(&sts);
+        let sig = AccountKey::from_base64(&self.key).expect("account key").sign(&sts);
         let mut req = self
             .http
             .request(method.clone(), url)
