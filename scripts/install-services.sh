@@ -6,6 +6,9 @@ set -euo pipefail
 need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
+# The status page's browser test (tests/status_e2e.rs): headless Chromium and its WebDriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} from Debian"
@@ -16,6 +19,7 @@ fi
 
 prometheus --version 2>&1 | head -1
 prometheus-pushgateway --version 2>&1 | head -1
+chromium --version 2>&1 | head -1
 
 # Azurite (Azure Storage emulator) from npm, into <repo>/.services/azurite (gitignored).
 # Pinned: 3.36+ need Node >= 21, and CI should not change when Node does.

@@ -5,6 +5,8 @@
 //! - [`access`]: the operator's policy on who may use ebb's identity and secrets.
 //! - [`grpc`]: the `externalscaler.ExternalScaler` service KEDA calls.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`status`]: the status page and `/api/v1` (why each ScaledObject is at its count).
+//! - [`explain`]: `ebb explain`, the same story in a terminal.
 //! - [`server`]: wires the doors onto one engine (`ebb serve`).
 //! - [`check`]: `ebb check`, one poll and one decision from the command line.
 //! - [`simulate`]: `ebb simulate`, a policy's cost and latency over a workload trace.
@@ -19,6 +21,7 @@ pub mod bench;
 pub mod bridge;
 pub mod check;
 pub mod engine;
+pub mod explain;
 pub mod grpc;
 pub mod http;
 #[cfg(feature = "k8s")]
@@ -26,6 +29,7 @@ pub mod k8s;
 pub mod metrics;
 pub mod server;
 pub mod simulate;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 

@@ -47,6 +47,9 @@ enum Command {
     },
     /// Replay a workload trace under KEDA's default policy and ebb's: cost, message wait, chart.
     Simulate(ebb::simulate::SimulateArgs),
+    /// Why a ScaledObject is at its count: the decision, its reason, the latest decisions and
+    /// what would change it, read from a running ebb's status page.
+    Explain(ebb::explain::ExplainArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +120,10 @@ struct ServeArgs {
     /// Least pollingInterval a trigger gets (seconds); one asking for less polls at this.
     #[arg(long, env = "EBB_MIN_POLLING_INTERVAL", default_value = "1", value_parser = seconds)]
     min_polling_interval: Duration,
+    /// Serve the status page (`GET /`: sources, ScaledObjects, each one's decision log and
+    /// reasons) and its JSON (`/api/v1/...`) on the HTTP port; `false` turns both off.
+    #[arg(long, env = "EBB_STATUS_PAGE", default_value_t = true, action = clap::ArgAction::Set)]
+    status_page: bool,
     #[command(flatten)]
     azure: AzureEndpointArgs,
     #[command(flatten)]
@@ -205,6 +212,16 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Explain(args) => match ebb::explain::run(&args).await {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ebb explain: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Simulate(args) => match ebb::simulate::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -245,6 +262,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..EngineConfig::default()
         },
         scalers: args.scalers.settings(),
+        status_page: args.status_page,
         auth_refs,
         ready_replicas,
         bridge,

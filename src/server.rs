@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub bridge: crate::bridge::Config,
     /// TLS (and mTLS) on the gRPC port; `None` serves plaintext h2c.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// The status page (`GET /`) and its JSON (`/api/v1/...`) on the HTTP port.
+    pub status_page: bool,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -47,6 +49,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("ready_replicas", &self.ready_replicas.is_some())
             .field("bridge_scaled_objects", &self.bridge.scaled_objects.len())
             .field("tls", &self.tls)
+            .field("status_page", &self.status_page)
             .finish()
     }
 }
@@ -62,6 +65,7 @@ impl Default for ServeOptions {
             ready_replicas: None,
             bridge: crate::bridge::Config::default(),
             tls: None,
+            status_page: true,
         }
     }
 }
@@ -130,8 +134,11 @@ pub async fn spawn(opts: ServeOptions) -> anyhow::Result<Server> {
     let bridge = crate::bridge::Bridge::new(engine.clone(), &opts.bridge);
     bridge.start().await.map_err(|e| anyhow::anyhow!("config: {e}"))?;
     let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let app = http::router(HttpState { registry: Arc::new(registry), ready: ready.clone() })
+    let mut app = http::router(HttpState { registry: Arc::new(registry), ready: ready.clone() })
         .merge(crate::bridge::router(bridge));
+    if opts.status_page {
+        app = app.merge(crate::status::router(engine.clone()));
+    }
     let http_task = tokio::spawn(async move {
         // Peer addresses reach the engine's new-caller log, as on the gRPC door.
         let served = axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())

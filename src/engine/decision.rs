@@ -45,6 +45,45 @@ pub struct Decision {
     pub active: bool,
     /// ebb's desired replica count.
     pub desired_replicas: u32,
+    /// The rule that bound `desired_replicas`.
+    pub why: Why,
+}
+
+/// The rule that bound a desired count. The decision functions return it with the count, so
+/// the server, its decision log and `ebb simulate` give the same reason for the same history.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum Why {
+    /// The count is the latest recommendation, `ceil(metric / target)` within the bounds.
+    Recommendation,
+    /// Raised by `maxScaleUpStep` at most, toward a higher recommendation.
+    StepLimit { step: u32, recommendation: u32 },
+    /// Kept above the latest recommendation by the scale-down stabilization window, for
+    /// `remaining_secs` more (when its highest recommendation leaves the window).
+    ScaleDownWindow { remaining_secs: f64, recommendation: u32 },
+    /// Inactive, kept at the floor until `cooldownPeriod` passes without activity.
+    Cooldown { remaining_secs: f64 },
+    /// Zero: no activity for `cooldownPeriod`.
+    CooledToZero,
+    /// The recommendation is above `maxReplicaCount`.
+    AtMaxReplicas { wanted: u32 },
+    /// `policy: drain`'s rule.
+    Drain { reason: super::drain::Reason },
+}
+
+impl Why {
+    /// A short label for tables, logs and `/metrics` (bounded set).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Why::Recommendation => "recommendation",
+            Why::StepLimit { .. } => "scale-up step limit",
+            Why::ScaleDownWindow { .. } => "held by scale-down window",
+            Why::Cooldown { .. } => "cooldown",
+            Why::CooledToZero => "cooled down to zero",
+            Why::AtMaxReplicas { .. } => "at maxReplicaCount",
+            Why::Drain { reason } => reason.label(),
+        }
+    }
 }
 
 /// A trigger's observation history, reduced to what the rules need.
@@ -137,18 +176,30 @@ pub fn observe_with(
     prune(&mut state.recommendations, policy.scale_down_stabilization, at);
 
     state.previous_desired = state.last_desired;
-    state.last_desired = Some(desired_replicas(state, policy, at));
+    state.last_desired = Some(desired_replicas(state, policy, at).0);
 }
 
 /// The decision at `now`; `None` before the first observation.
 pub fn decide(state: &DecisionState, policy: &Policy, now: Instant) -> Option<Decision> {
     let (_, eval) = state.latest?;
-    let desired = desired_replicas(state, policy, now);
+    let (desired, why) = desired_replicas(state, policy, now);
     Some(match policy.output_mode {
         OutputMode::Metric => {
-            Decision { metric: sanitize(eval.metric), active: eval.active, desired_replicas: desired }
+            Decision { metric: sanitize(eval.metric), active: eval.active, desired_replicas: desired, why }
         }
-        OutputMode::Replicas => Decision { metric: f64::from(desired), active: desired > 0, desired_replicas: desired },
+        OutputMode::Replicas => {
+            Decision { metric: f64::from(desired), active: desired > 0, desired_replicas: desired, why }
+        }
+    })
+}
+
+/// The count the latest observation alone asks for, before the rule's guards (window, step,
+/// cooldown; for `policy: drain`, its sizing before hysteresis and guards).
+pub fn recommended(state: &DecisionState, policy: &Policy) -> Option<u32> {
+    let (_, latest) = state.latest?;
+    Some(match policy.rule {
+        Rule::Drain(_) => state.drain.estimates.recommendation,
+        Rule::Backlog => recommendation(policy, latest),
     })
 }
 
@@ -163,36 +214,64 @@ fn recommendation(policy: &Policy, eval: Evaluation) -> u32 {
     (ratio as u32).clamp(floor, policy.max_replicas)
 }
 
-fn desired_replicas(state: &DecisionState, policy: &Policy, now: Instant) -> u32 {
-    let Some((_, latest)) = state.latest else { return 0 };
+/// `ceil(metric / target)` for an active observation, before the bounds.
+fn wanted(policy: &Policy, eval: Evaluation) -> u32 {
+    if eval.active { (sanitize(eval.metric) / policy.target).ceil() as u32 } else { 0 }
+}
+
+/// The desired count at `now` and the rule that bound it.
+fn desired_replicas(state: &DecisionState, policy: &Policy, now: Instant) -> (u32, Why) {
+    let Some((_, latest)) = state.latest else { return (0, Why::Recommendation) };
     if let Rule::Drain(_) = policy.rule {
         // Decided at the observation: missing data never moves it (held until polls resume).
-        return state.drain.desired().map_or(0, |(d, _)| d);
+        // `observe_with` always folds into the drain state, so it has a count once `latest` is set.
+        let (d, reason) = state.drain.desired().unwrap_or((0, drain::Reason::Hold));
+        return (d, Why::Drain { reason });
     }
+    let mut cooldown_left = None;
     if policy.min_replicas == 0 && !latest.active {
         let quiet_since = state.last_active.or(state.first_seen).unwrap_or(now);
-        if now.saturating_duration_since(quiet_since) >= policy.cooldown {
-            return 0;
+        let quiet = now.saturating_duration_since(quiet_since);
+        if quiet >= policy.cooldown {
+            return (0, Why::CooledToZero);
         }
+        cooldown_left = Some(policy.cooldown - quiet);
     }
     let window_start = now.checked_sub(policy.scale_down_stabilization);
-    let stabilized = state
-        .recommendations
-        .iter()
-        .filter(|(t, _)| window_start.is_none_or(|w| *t >= w))
-        .map(|&(_, r)| r)
-        .max()
-        // The latest recommendation always counts, whatever the window.
-        .unwrap_or_else(|| recommendation(policy, latest));
+    let in_window = || state.recommendations.iter().filter(|(t, _)| window_start.is_none_or(|w| *t >= w));
+    let latest_rec = recommendation(policy, latest);
+    // The latest recommendation always counts, whatever the window.
+    let stabilized = in_window().map(|&(_, r)| r).max().unwrap_or(latest_rec);
     let mut desired = stabilized;
+    let mut stepped = None;
     if let (Some(step), Some(prev)) = (policy.max_scale_up_step, state.previous_desired) {
         // As the HPA does: step up only toward the latest recommendation; otherwise hold, and
         // come down to the window's maximum. Stepping toward an older, higher recommendation
         // would keep scaling up after the backlog is gone.
-        let latest_rec = recommendation(policy, latest);
-        desired = if prev < latest_rec { latest_rec.min(prev.saturating_add(step)) } else { prev.min(stabilized) };
+        desired = if prev < latest_rec {
+            let d = latest_rec.min(prev.saturating_add(step));
+            stepped = (d < latest_rec).then_some(step);
+            d
+        } else {
+            prev.min(stabilized)
+        };
     }
-    desired.min(policy.max_replicas)
+    let desired = desired.min(policy.max_replicas);
+    let why = if let Some(step) = stepped {
+        Why::StepLimit { step, recommendation: latest_rec }
+    } else if desired > latest_rec {
+        // Held until the oldest recommendation above the latest leaves the window.
+        let until = in_window().find(|&&(_, r)| r > latest_rec).map(|&(t, _)| t + policy.scale_down_stabilization);
+        let remaining = until.map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+        Why::ScaleDownWindow { remaining_secs: remaining.as_secs_f64(), recommendation: latest_rec }
+    } else if let Some(left) = cooldown_left {
+        Why::Cooldown { remaining_secs: left.as_secs_f64() }
+    } else if wanted(policy, latest) > policy.max_replicas {
+        Why::AtMaxReplicas { wanted: wanted(policy, latest) }
+    } else {
+        Why::Recommendation
+    };
+    (desired, why)
 }
 
 /// Drops recommendations older than the window, keeping the latest.
@@ -422,5 +501,69 @@ mod tests {
         let t0 = Instant::now();
         let s = run(&p, t0, &[(0, 30.0), (1, 0.0)]);
         assert_eq!(decide(&s, &p, t0 + secs(1)).unwrap().desired_replicas, 0);
+    }
+
+    /// Every rule `decide` can name for `policy: backlog`, each from a table case (the drain
+    /// rule's reasons have theirs in `drain::tests::every_reason_has_a_case`).
+    #[test]
+    fn every_why_has_a_case() {
+        let t0 = Instant::now();
+        let p = replicas_policy();
+        type Case = (&'static str, Policy, &'static [(u64, f64)], u64, u32, Why);
+        let cases: Vec<Case> = vec![
+            ("35 at target 10", p.clone(), &[(0, 35.0)], 0, 4, Why::Recommendation),
+            (
+                "step of 2 from 1 toward 10",
+                Policy { max_scale_up_step: Some(2), ..p.clone() },
+                &[(0, 10.0), (5, 100.0)],
+                5,
+                3,
+                Why::StepLimit { step: 2, recommendation: 10 },
+            ),
+            (
+                "held by a 60 s window",
+                Policy { scale_down_stabilization: secs(60), ..p.clone() },
+                &[(0, 100.0), (10, 10.0)],
+                10,
+                10,
+                Why::ScaleDownWindow { remaining_secs: 50.0, recommendation: 1 },
+            ),
+            (
+                "inactive, 50 s of cooldown left",
+                p.clone(),
+                &[(0, 50.0), (10, 0.0)],
+                10,
+                1,
+                Why::Cooldown { remaining_secs: 50.0 },
+            ),
+            ("inactive for the cooldown", p.clone(), &[(0, 50.0), (10, 0.0)], 70, 0, Why::CooledToZero),
+            (
+                "1000 at target 10, max 5",
+                Policy { max_replicas: 5, ..p.clone() },
+                &[(0, 1_000.0)],
+                0,
+                5,
+                Why::AtMaxReplicas { wanted: 100 },
+            ),
+        ];
+        for (name, policy, obs, now, want_n, want) in &cases {
+            let s = run(policy, t0, obs);
+            let d = decide(&s, policy, t0 + secs(*now)).unwrap();
+            assert_eq!((d.desired_replicas, d.why), (*want_n, *want), "{name}");
+        }
+        // Exhaustive: a new rule fails to compile here until it has a case above.
+        for (_, _, _, _, _, why) in &cases {
+            match why {
+                Why::Recommendation
+                | Why::StepLimit { .. }
+                | Why::ScaleDownWindow { .. }
+                | Why::Cooldown { .. }
+                | Why::CooledToZero
+                | Why::AtMaxReplicas { .. }
+                | Why::Drain { .. } => {}
+            }
+        }
+        let seen: std::collections::BTreeSet<_> = cases.iter().map(|c| c.5.label()).collect();
+        assert_eq!(seen.len(), 6, "{seen:?}");
     }
 }

@@ -121,10 +121,9 @@ pub struct Sample {
 }
 
 /// Why the count is what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Reason {
-    /// No observation yet.
-    NoData,
     /// Raised to the recommendation.
     ScaleUp,
     /// Lowered to the down window's highest recommendation.
@@ -140,6 +139,21 @@ pub enum Reason {
     Spacing,
     /// Zero: no backlog and no arrivals for `cooldownPeriod`.
     Idle,
+}
+
+impl Reason {
+    /// A short label for tables and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::ScaleUp => "scale up to the drain recommendation",
+            Reason::ScaleDown => "scale down to the down window's highest recommendation",
+            Reason::Hold => "held: within the hysteresis or a guard",
+            Reason::Stalled => "consumer stalled: not scaling up",
+            Reason::Ineffective => "last scale-up did not help: not scaling up",
+            Reason::Spacing => "held: minChangeIntervalSeconds",
+            Reason::Idle => "idle for cooldownPeriod: zero",
+        }
+    }
 }
 
 /// Which estimators the policy could use at the latest observation.
@@ -886,6 +900,84 @@ mod tests {
             if k >= 3 {
                 assert_eq!(r, Reason::Stalled, "poll {k}");
                 assert_eq!(*held.get_or_insert(d), d, "held at poll {k}");
+            }
+        }
+    }
+
+    /// Every reason [`observe`] can return, each from a scripted history (issue 18: the
+    /// decision log shows them). The `match` fails to compile when a reason is added.
+    #[test]
+    fn every_reason_has_a_case() {
+        let t0 = Instant::now();
+        let queue = |backlogs: &[(u64, f64)], cfg: &DrainConfig, b: &Bounds| {
+            let mut s = DrainState::default();
+            let mut seen = Vec::new();
+            for &(at, backlog) in backlogs {
+                let at = t0 + Duration::from_secs(at);
+                observe(
+                    &mut s,
+                    cfg,
+                    b,
+                    Sample { at, backlog, arrivals: None, processed: None, arrival_rate: None, ready: None },
+                );
+                seen.push(s.desired().unwrap().1);
+            }
+            seen
+        };
+        let known = DrainConfig { throughput: Some(10.0), ..DrainConfig::default() };
+        let idle_then_busy: Vec<(u64, f64)> = (0..20).map(|i| (i * 5, if i < 15 { 0.0 } else { 500.0 })).collect();
+        let busy_then_empty: Vec<(u64, f64)> = (0..80).map(|i| (i * 5, if i < 2 { 2_000.0 } else { 0.0 })).collect();
+        let steady: Vec<(u64, f64)> = (0..10).map(|i| (i * 5, 100.0)).collect();
+        let climbing: Vec<(u64, f64)> =
+            [100.0, 1_000.0, 10_000.0, 100_000.0].iter().enumerate().map(|(i, b)| (i as u64 * 5, *b)).collect();
+        let spaced = DrainConfig { min_change: Duration::from_secs(120), ..known.clone() };
+        let mut stalled = DrainState::default();
+        let mut stalled_seen = Vec::new();
+        for k in 0..8u64 {
+            let backlog = 1_000.0 * ((k + 1) * (k + 1)) as f64;
+            let at = t0 + Duration::from_secs(k * 5);
+            let sample = Sample {
+                at,
+                backlog,
+                arrivals: Some(19_500.0 + backlog),
+                processed: Some(19_500.0),
+                arrival_rate: None,
+                ready: None,
+            };
+            observe(&mut stalled, &DrainConfig::default(), &bounds(0, 1_000, None), sample);
+            stalled_seen.push(stalled.desired().unwrap().1);
+        }
+        let cases: Vec<(Reason, Vec<Reason>)> = vec![
+            (Reason::Idle, queue(&idle_then_busy, &known, &bounds(0, 100, None))),
+            (Reason::ScaleUp, queue(&idle_then_busy, &known, &bounds(0, 100, None))),
+            (Reason::Hold, queue(&steady, &known, &bounds(0, 100, None))),
+            (Reason::ScaleDown, queue(&busy_then_empty, &known, &bounds(1, 100, None))),
+            (Reason::Spacing, queue(&climbing, &spaced, &bounds(0, 100_000, None))),
+            (Reason::Stalled, stalled_seen),
+        ];
+        for (want, seen) in &cases {
+            assert!(seen.contains(want), "{want:?} not in {seen:?}");
+        }
+        // `Ineffective` has its own example: an_ineffective_scale_up_freezes_scale_ups.
+        for r in [
+            Reason::ScaleUp,
+            Reason::ScaleDown,
+            Reason::Hold,
+            Reason::Stalled,
+            Reason::Ineffective,
+            Reason::Spacing,
+            Reason::Idle,
+        ] {
+            match r {
+                Reason::ScaleUp
+                | Reason::ScaleDown
+                | Reason::Hold
+                | Reason::Stalled
+                | Reason::Spacing
+                | Reason::Idle => {
+                    assert!(cases.iter().any(|(w, _)| *w == r), "{r:?} has no case")
+                }
+                Reason::Ineffective => {}
             }
         }
     }

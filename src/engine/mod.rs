@@ -13,6 +13,7 @@
 pub mod decision;
 pub mod drain;
 pub mod keda_keys;
+pub mod log;
 pub mod policy;
 pub mod source;
 mod stream;
@@ -260,6 +261,25 @@ impl Engine {
         Ok(StreamPermit(open.clone()))
     }
 
+    /// Every source being polled, sorted by key.
+    pub fn sources(&self) -> Vec<Arc<Source>> {
+        let mut v: Vec<_> = self.inner.sources.lock().expect("sources lock").values().cloned().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    /// Every trigger, sorted by namespace, name and metric name.
+    pub fn triggers(&self) -> Vec<Arc<Trigger>> {
+        let mut v: Vec<_> = self.inner.triggers.read().expect("triggers lock").values().flatten().cloned().collect();
+        v.sort_by(|a, b| (&a.namespace, &a.name, &a.metric_name).cmp(&(&b.namespace, &b.name, &b.metric_name)));
+        v
+    }
+
+    /// The wall clock polls are timed on.
+    pub fn clock(&self) -> source::WallClock {
+        self.inner.clock
+    }
+
     /// Number of distinct sources being polled.
     pub fn source_count(&self) -> usize {
         self.inner.sources.lock().expect("sources lock").len()
@@ -426,6 +446,7 @@ impl Engine {
                 source.clone(),
                 self.inner.metrics.clone(),
                 self.inner.epoch,
+                self.inner.clock,
             )
             .with_ready_replicas(ready),
         );

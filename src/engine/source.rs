@@ -268,6 +268,9 @@ fn publish(
                 warn!(failures = *failures, error = %e, "poll failed");
             }
             let delay = backoff(source.interval(), *failures, &e, config);
+            for t in source.triggers.lock().expect("triggers lock").iter().filter_map(Weak::upgrade) {
+                t.observe_failure(e.kind(), at);
+            }
             source.status.send_modify(|s| {
                 s.polls += 1;
                 s.last_error = Some(e);

@@ -10,8 +10,9 @@ use ebb_scalers::{Measurement, Scaler};
 use tokio::time::Instant;
 
 use super::decision::{self, Decision, DecisionState};
+use super::log::{DecisionLog, Entry};
 use super::policy::{OutputMode, TriggerOptions};
-use super::source::Source;
+use super::source::{Source, WallClock};
 use crate::metrics::{Metrics, ScaledObjectLabels};
 
 /// Identity of a trigger as KEDA sends it: namespace, ScaledObject name and the metadata map.
@@ -49,6 +50,9 @@ pub struct Trigger {
     callers: Mutex<Vec<std::net::IpAddr>>,
     /// Where `policy: drain` reads the scale target's ready replicas, when it may.
     ready: Option<Arc<dyn super::ReadyReplicas>>,
+    /// What each poll saw and what ebb decided (the status page, `ebb explain`).
+    pub log: DecisionLog,
+    clock: WallClock,
 }
 
 /// Callers remembered per trigger; KEDA has a few (operator, metrics server, their replicas).
@@ -66,6 +70,7 @@ impl Trigger {
         source: Arc<Source>,
         metrics: Arc<Metrics>,
         epoch: Instant,
+        clock: WallClock,
     ) -> Self {
         let labels = ScaledObjectLabels {
             namespace: namespace.to_string(),
@@ -88,6 +93,8 @@ impl Trigger {
             open_streams: AtomicUsize::new(0),
             callers: Mutex::new(Vec::new()),
             ready: None,
+            log: DecisionLog::default(),
+            clock,
         };
         t.touch(epoch.max(Instant::now()));
         t
@@ -131,11 +138,13 @@ impl Trigger {
         let eval = self.scaler.evaluate(m);
         let counters = self.scaler.counters(m);
         let ready = self.ready.as_ref().and_then(|r| r.ready(&self.namespace, &self.name));
-        let decision = {
+        let (decision, recommendation, rates) = {
             let mut s = self.state.lock().expect("decision state lock");
             decision::observe_with(&mut s, &self.options.policy, eval, counters, ready, at);
+            let mut rates = (None, None);
             if let super::policy::Rule::Drain(_) = self.options.policy.rule {
                 let e = s.drain_estimates();
+                rates = (e.arrival_rate, e.throughput);
                 if let Some(l) = e.arrival_rate {
                     self.metrics.arrival_rate.get_or_create(&self.labels).set(l);
                 }
@@ -144,12 +153,44 @@ impl Trigger {
                 }
                 self.metrics.ready_replicas_estimate.get_or_create(&self.labels).set(i64::from(e.ready));
             }
-            decision::decide(&s, &self.options.policy, at)
+            (decision::decide(&s, &self.options.policy, at), decision::recommended(&s, &self.options.policy), rates)
         };
         if let Some(d) = decision {
             self.metrics.metric_value.get_or_create(&self.labels).set(d.metric);
             self.metrics.desired_replicas.get_or_create(&self.labels).set(i64::from(d.desired_replicas));
+            self.log.push(Entry {
+                at_ms: self.unix_ms(at),
+                metric: Some(eval.metric as f32),
+                active: eval.active,
+                arrival_rate: rates.0.map(|v| v as f32),
+                throughput: rates.1.map(|v| v as f32),
+                recommendation,
+                desired: d.desired_replicas,
+                why: d.why,
+                source_error: None,
+            });
         }
+    }
+
+    /// Logs a failed poll at `at`: the decision holds what the last good poll gave.
+    pub fn observe_failure(&self, error_kind: &'static str, at: Instant) {
+        let Some(d) = self.decide(at) else { return };
+        let last = self.log.last();
+        self.log.push(Entry {
+            at_ms: self.unix_ms(at),
+            metric: None,
+            active: d.active,
+            arrival_rate: None,
+            throughput: None,
+            recommendation: last.and_then(|e| e.recommendation),
+            desired: d.desired_replicas,
+            why: d.why,
+            source_error: Some(error_kind),
+        });
+    }
+
+    fn unix_ms(&self, at: Instant) -> u64 {
+        u64::try_from(self.clock.unix(at).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The decision at `now` from the history folded so far.

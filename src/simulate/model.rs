@@ -348,6 +348,7 @@ impl Ebb {
             metric: 0.0,
             active: false,
             desired_replicas: 0,
+            why: decision::Why::CooledToZero,
         })
     }
 }
