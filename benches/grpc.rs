@@ -9,7 +9,10 @@
 //! 2. drives GetMetrics for one warm ScaledObject in a closed loop at 1, 16 and 64
 //!    concurrent requests over 4 HTTP/2 connections, reporting RPC/s and p50/p99/max;
 //! 3. registers 10,000 ScaledObjects over 1,000 distinct sources (GetMetricSpec, GetMetrics,
-//!    IsActive each), waits for the sources to settle, and reads RSS again.
+//!    IsActive each), waits for the sources to settle, and reads RSS again;
+//! 4. in a second `ebb serve`, registers 10,000 ScaledObjects over 100 sources polled every
+//!    0.1 s, waits until every decision log is full (`engine::log::MAX_ENTRIES` entries, read
+//!    back through the status JSON), and reads RSS: the decision logs' cost.
 //!
 //! Environment: `EBB_BENCH_SECONDS` (per concurrency level, default 5),
 //! `EBB_BENCH_SCALEDOBJECTS` (default 10000), `EBB_BENCH_SOURCES` (default 1000).
@@ -63,12 +66,16 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 fn so_ref(name: &str, prom: SocketAddr, query: &str) -> ScaledObjectRef {
+    so_ref_every(name, prom, query, "5")
+}
+
+fn so_ref_every(name: &str, prom: SocketAddr, query: &str, interval: &str) -> ScaledObjectRef {
     let md: HashMap<String, String> = [
         ("scalerType", "prometheus".to_string()),
         ("serverAddress", format!("http://{prom}")),
         ("query", query.to_string()),
         ("threshold", "10".to_string()),
-        ("pollingInterval", "5".to_string()),
+        ("pollingInterval", interval.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -196,11 +203,56 @@ async fn run(full: bool) {
         "RSS idle {idle_rss:.1} MiB; with {n_so} ScaledObjects over {n_src} sources {loaded_rss:.1} MiB \
          (registered in {register_took:.1?}; {polls} upstream queries meanwhile)"
     );
+    drop(ebb);
+    let logged_rss = full_logs(prom, n_so, full).await;
     println!(
         "{}",
         serde_json::json!({
             "levels": json_levels, "idle_rss_mib": idle_rss, "loaded_rss_mib": loaded_rss,
-            "scaledobjects": n_so, "sources": n_src, "upstream_queries": polls
+            "scaledobjects": n_so, "sources": n_src, "upstream_queries": polls,
+            "full_logs_rss_mib": logged_rss
         })
     );
+}
+
+/// RSS of an `ebb serve` with `n_so` ScaledObjects whose decision logs are full.
+async fn full_logs(prom: SocketAddr, n_so: usize, full: bool) -> f64 {
+    let n_src = if full { 100 } else { 10 };
+    let ebb = ServeProcess::start(&["--min-polling-interval", "0.1"], "warn,ebb::server=info").await;
+    let channel = ebb.channel().await;
+    let per_task = n_so.div_ceil(32);
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let ch = channel.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = ExternalScalerClient::new(ch);
+            for i in (w * per_task)..((w + 1) * per_task).min(n_so) {
+                let q = format!("sum(log_depth{{q=\"{}\"}})", i % n_src);
+                let r = so_ref_every(&format!("so-{i}"), prom, &q, "0.1");
+                client.get_metric_spec(r).await.expect("GetMetricSpec");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every trigger of a source logs each of its polls: wait for the last one registered.
+    let last = format!("http://{}/api/v1/status/scaledobjects/bench/so-{}", ebb.http, n_so - 1);
+    let started = Instant::now();
+    let entries = loop {
+        let v: serde_json::Value = reqwest::get(&last).await.expect("status JSON").json().await.expect("JSON");
+        let n = v["triggers"][0]["log"].as_array().map_or(0, Vec::len);
+        if n >= ebb::engine::log::MAX_ENTRIES || started.elapsed() > Duration::from_secs(120) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let rss = rss_mib(ebb.child.id());
+    println!(
+        "RSS with {n_so} ScaledObjects over {n_src} sources and full decision logs ({entries} entries each): \
+         {rss:.1} MiB (logs filled in {:.1?})",
+        started.elapsed()
+    );
+    assert_eq!(entries, ebb::engine::log::MAX_ENTRIES, "the logs did not fill within 120 s");
+    rss
 }
