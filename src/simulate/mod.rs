@@ -474,6 +474,10 @@ impl Report {
             if p.unserved_at_end > 0 {
                 let _ = writeln!(out, "  ({}: {} messages still queued at the end)", p.policy, p.unserved_at_end);
             }
+            if !p.reasons.is_empty() {
+                let r: Vec<String> = p.reasons.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                let _ = writeln!(out, "  ({} at its polls, the rule that bound the count: {})", p.policy, r.join(", "));
+            }
         }
         out
     }

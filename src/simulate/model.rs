@@ -226,6 +226,11 @@ pub trait Controller {
     fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment);
     /// A restart of the controller's process (ebb: its history is gone).
     fn restart(&mut self) {}
+    /// How often each rule bound the decision at the controller's polls (ebb's [`decision::Why`]
+    /// labels, the same the server's decision log shows); empty for the others.
+    fn reasons(&self) -> Vec<(String, u32)> {
+        Vec::new()
+    }
 }
 
 /// KEDA's default: the built-in scaler polled every `pollingInterval` for activity, the HPA
@@ -295,6 +300,7 @@ pub struct Ebb {
     state: DecisionState,
     base: Instant,
     pushed: Option<bool>,
+    reasons: std::collections::BTreeMap<&'static str, u32>,
 }
 
 impl Ebb {
@@ -328,6 +334,7 @@ impl Ebb {
             state,
             base: start + warmup,
             pushed: None,
+            reasons: Default::default(),
         }
     }
 
@@ -362,6 +369,10 @@ impl Controller for Ebb {
         self.forget();
     }
 
+    fn reasons(&self) -> Vec<(String, u32)> {
+        self.reasons.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
     fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment) {
         if now.is_multiple_of(self.polling_interval) {
             let metric = seen.backlog as f64;
@@ -375,7 +386,9 @@ impl Controller for Ebb {
             };
             let ready = self.read_ready.then(|| dep.ready(now));
             decision::observe_with(&mut self.state, &self.policy, eval, counters, ready, at);
-            let active = self.decide(now).active;
+            let d = self.decide(now);
+            *self.reasons.entry(d.why.label()).or_default() += 1;
+            let active = d.active;
             if self.pushed != Some(active) {
                 self.pushed = Some(active);
                 self.keda.handle(now, active, dep);
@@ -507,6 +520,9 @@ pub struct Outcome {
     pub first_replica_max_s: Option<u64>,
     /// Messages still queued at the end; they count in the waits with their wait so far.
     pub unserved_at_end: u64,
+    /// How often each rule bound ebb's decision at its polls (empty for the other policies).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<(String, u32)>,
     /// `replica_seconds` over the `lower-bound` row's, set by the report.
     pub x_lower_bound: Option<f64>,
     #[serde(skip)]
@@ -602,6 +618,7 @@ pub fn run(
         first_replica_mean_s: (!cold.is_empty()).then(|| cold.iter().sum::<u64>() as f64 / cold.len() as f64),
         first_replica_max_s: cold.iter().copied().max(),
         unserved_at_end: queue.len,
+        reasons: controller.reasons(),
         x_lower_bound: None,
         backlog,
         replicas,
