@@ -42,8 +42,7 @@ pub async fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
         .filter(|(n, m)| !n.is_empty() && !m.is_empty() && !m.contains('/'))
         .ok_or_else(|| ExplainError::BadName(args.scaled_object.clone()))?;
     let base = args.addr.trim_end_matches('/');
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
-    let url = format!("{base}/api/v1/status/scaledobjects/{}/{}", enc(ns), enc(name));
+    let url = format!("{base}/api/v1/status/scaledobjects/{}/{}", crate::status::seg(ns), crate::status::seg(name));
     let unreachable = |e: reqwest::Error| ExplainError::Unreachable { addr: base.to_owned(), detail: e.to_string() };
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(unreachable)?;
     let response = client.get(&url).send().await.map_err(unreachable)?;

@@ -103,7 +103,7 @@ fn sources(e: &Engine) -> Vec<SourceView> {
                 last_poll_age_seconds: st.last_good_received.map(|t| now.saturating_duration_since(t).as_secs_f64()),
                 last_error: st.last_error.map(|e| e.to_string()),
                 polls: st.polls,
-                triggers: s.sweep(),
+                triggers: s.trigger_count(),
             }
         })
         .collect()
@@ -243,7 +243,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// A path segment, percent-encoded.
-fn seg(s: &str) -> String {
+pub fn seg(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }
 

@@ -102,6 +102,11 @@ impl Source {
         }
     }
 
+    /// Triggers attached and alive (read-only, unlike [`Source::sweep`]).
+    pub fn trigger_count(&self) -> usize {
+        self.triggers.lock().expect("triggers lock").iter().filter(|w| w.strong_count() > 0).count()
+    }
+
     /// Drops dead triggers and recomputes the interval. Returns the number still attached.
     pub fn sweep(&self) -> usize {
         let mut triggers = self.triggers.lock().expect("triggers lock");
