@@ -156,6 +156,7 @@ async fn push_activity(engine: Engine, t: Arc<Trigger>, tx: mpsc::Sender<Result<
             if tx.send(Ok(IsActiveResponse { result: d.active })).await.is_err() {
                 break;
             }
+            t.log.mark_pushed();
         }
         tokio::select! {
             changed = status.changed() => if changed.is_err() { break },

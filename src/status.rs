@@ -424,6 +424,7 @@ mod tests {
             desired,
             why: Why::Recommendation,
             source_error: None,
+            activation_pushed: false,
         };
         let (a, b) = (e(0, 1), e(30_000, 3));
         let svg = chart("desired replicas", &[&a, &b], |e| Some(f64::from(e.desired)), true);

@@ -102,8 +102,10 @@ impl Scenario {
     /// Scale up, held by the window, cooldown, zero; then the source goes down.
     async fn drive(&self) {
         self.push(45.0).await;
+        // KEDA's push channel: ebb logs each activity it pushes over it.
+        let _stream = self.keda.stream_is_active(&self.so).await.expect("StreamIsActive");
         let r = until_reason(&self.keda, &self.so, &self.base, "recommendation").await;
-        assert!(r.iter().any(|x| x == "recommendation"), "{r:?}");
+        assert!(r.iter().any(|x| x.starts_with("recommendation")), "{r:?}");
         self.push(5.0).await;
         until_reason(&self.keda, &self.so, &self.base, "held by scale-down window until").await;
         self.push(0.0).await;
@@ -139,6 +141,10 @@ async fn page_json_and_explain_tell_why() {
             assert!(rules.contains(&rule), "{rule} not in {rules:?}");
         }
         assert!(log.iter().any(|e| e["source_error"] == "throttled"), "{log:?}");
+        let pushed: Vec<&str> =
+            log.iter().filter(|e| e["activation_pushed"] == true).filter_map(|e| e["reason"].as_str()).collect();
+        assert!(pushed.iter().any(|r| r.ends_with("activation pushed (active)")), "{pushed:?}");
+        assert!(pushed.iter().any(|r| r.ends_with("activation pushed (inactive)")), "{pushed:?}");
 
         // The page: sources and ScaledObjects, then the ScaledObject's charts and reasons.
         let (status, index) = get(&format!("{base}/")).await;

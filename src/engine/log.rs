@@ -34,11 +34,22 @@ pub struct Entry {
     pub why: Why,
     /// The poll failed with this error kind: the decision is held from the last good poll.
     pub source_error: Option<&'static str>,
+    /// The activity was pushed to KEDA over an open `StreamIsActive` after this poll.
+    pub activation_pushed: bool,
 }
 
 impl Entry {
-    /// The reason as a user reads it, with its deadline in wall-clock time where it has one.
+    /// The reason as a user reads it, with its deadline in wall-clock time where it has one,
+    /// and whether the activity was pushed to KEDA.
     pub fn reason(&self) -> String {
+        let mut r = self.rule();
+        if self.activation_pushed {
+            r.push_str(if self.active { "; activation pushed (active)" } else { "; activation pushed (inactive)" });
+        }
+        r
+    }
+
+    fn rule(&self) -> String {
         if let Some(kind) = self.source_error {
             return format!("source unreadable ({kind}): holding the last decision");
         }
@@ -92,6 +103,13 @@ impl DecisionLog {
     pub fn last(&self) -> Option<Entry> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).back().copied()
     }
+
+    /// Marks the latest entry: its activity went to KEDA over `StreamIsActive`.
+    pub fn mark_pushed(&self) {
+        if let Some(e) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).back_mut() {
+            e.activation_pushed = true;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +127,7 @@ mod tests {
             desired: 1,
             why: Why::Recommendation,
             source_error: None,
+            activation_pushed: false,
         }
     }
 
@@ -146,6 +165,7 @@ mod tests {
                 with(Why::Drain { reason: super::super::drain::Reason::Stalled }, None),
                 "consumer stalled: not scaling up",
             ),
+            (Entry { activation_pushed: true, ..entry(at_ms) }, "recommendation; activation pushed (active)"),
         ];
         for (e, want) in rows {
             assert_eq!(e.reason(), *want);

@@ -168,6 +168,7 @@ impl Trigger {
                 desired: d.desired_replicas,
                 why: d.why,
                 source_error: None,
+                activation_pushed: false,
             });
         }
     }
@@ -186,6 +187,7 @@ impl Trigger {
             desired: d.desired_replicas,
             why: d.why,
             source_error: Some(error_kind),
+            activation_pushed: false,
         });
     }
 
