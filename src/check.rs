@@ -22,6 +22,8 @@ pub struct CheckReport {
     pub metric: f64,
     pub active: bool,
     pub desired_replicas: u32,
+    /// The rule that bound `desired_replicas` (the decision log's labels).
+    pub reason: &'static str,
     pub poll_ms: f64,
     /// The interval `serve` would poll at: the trigger's, raised to `--min-polling-interval`.
     pub polling_interval_s: f64,
@@ -149,7 +151,7 @@ pub async fn run(sent: &HashMap<String, String>, opts: &CheckOptions) -> Result<
                 mode: if e.full { "full: arrivals and processed counters" } else { "queue: backlog only" },
                 arrival_rate: e.arrival_rate,
                 throughput: e.throughput,
-                reason: state.drain_reason().map(|r| format!("{r:?}")).unwrap_or_default(),
+                reason: state.drain_reason().map(|r| r.label().to_owned()).unwrap_or_default(),
                 note: "one poll shows no rate: serve estimates λ over rateWindowShortSeconds/rateWindowLongSeconds",
             })
         }
@@ -173,6 +175,7 @@ pub async fn run(sent: &HashMap<String, String>, opts: &CheckOptions) -> Result<
         metric: d.metric,
         active: d.active,
         desired_replicas: d.desired_replicas,
+        reason: d.why.label(),
         poll_ms,
         polling_interval_s: options.polling_interval.as_secs_f64(),
         notes,
@@ -199,7 +202,7 @@ impl std::fmt::Display for CheckReport {
         writeln!(f, "output mode       {} (target {})", self.output_mode, self.target)?;
         writeln!(f, "metric            {}", self.metric)?;
         writeln!(f, "active            {}", self.active)?;
-        writeln!(f, "desired replicas  {}", self.desired_replicas)?;
+        writeln!(f, "desired replicas  {} ({})", self.desired_replicas, self.reason)?;
         writeln!(f, "polling interval  {} s", self.polling_interval_s)?;
         for note in &self.notes {
             writeln!(f, "note              {note}")?;
