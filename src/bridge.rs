@@ -2,7 +2,7 @@
 //! scale rule type that Container Apps supports natively.
 //!
 //! Container Apps' `external` scale type does not reliably reach external scalers
-//! (reference/aca.md §2), so ebb also answers the two request shapes of KEDA's built-in
+//! (see docs/container-apps.md), so ebb also answers the two request shapes of KEDA's built-in
 //! scalers that ACA runs for any app:
 //! - `metrics-api`: `GET /api/v1/scaledobjects/{namespace}/{name}` → JSON with `value` (what
 //!   GetMetrics would return), `active`, `desiredReplicas`; the rule reads

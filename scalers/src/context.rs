@@ -1,8 +1,9 @@
 //! What every poller may use from the process: where named secrets live, how many upstream
 //! requests one poll may have in flight, ebb's own Azure identity, and the shared HTTP clients.
 //!
-//! One [`ScalerContext`] is built from [`Settings`] by whoever runs scalers (`ebb serve`,
-//! `ebb check`, the bench's in-process server, tests) and handed to every poller it builds
+//! One [`ScalerContext`] is built from [`Settings`] by whoever runs scalers (`ebb serve` and
+//! `ebb check` from the same flags; `ebb bench` runs `ebb serve`; tests) and handed to every
+//! poller it builds
 //! ([`crate::Scaler::poller`]), so two contexts never share state and a test sets what it
 //! needs without touching a process global.
 

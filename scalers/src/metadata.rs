@@ -2,8 +2,7 @@
 //!
 //! KEDA hands an external scaler the trigger's `metadata` map as it is, except that every
 //! `<key>FromEnv` entry arrives with the *resolved* environment value under the same
-//! `<key>FromEnv` name (reference/keda.md §2.2). So a key is looked up as `<key>`, then as
-//! `<key>FromEnv`. Values are trimmed and an empty value counts as missing, as in KEDA's
+//! `<key>FromEnv` name. So a key is looked up as `<key>`, then as `<key>FromEnv`. Values are trimmed and an empty value counts as missing, as in KEDA's
 //! `scalersconfig/typed_config.go`.
 
 use std::collections::HashMap;

@@ -1,8 +1,8 @@
 //! KEDA trigger type names → metadata parsers. The trigger names the type in `scalerType`.
 //!
 //! A [`Registry`] is a value: the engine holds one, with the [`ScalerContext`] every poller it
-//! builds gets. `ebb serve`, `ebb check` and the bench build it with [`Registry::builtin`] from
-//! the same [`Settings`]; tests register scalers they control.
+//! builds gets. `ebb serve` and `ebb check` build it with [`Registry::builtin`] from the same
+//! [`Settings`] (`ebb bench` runs `ebb serve`); tests register scalers they control.
 //!
 //! Adding a scaler is one line in the crate root's `sources!`: its module, whose `SCALER_TYPE`,
 //! `parse` and `EXAMPLE` (valid metadata, which the contract test in `tests/contract.rs` runs

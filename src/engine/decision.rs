@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn activation_is_strictly_greater_than() {
-        // reference/keda.md §3: "activation is strictly greater than (value > activationX)".
+        // KEDA's scaler docs: activation is strictly greater than (`value > activationX`).
         let p = Policy::metric(10.0);
         let t0 = Instant::now();
         for (value, activation, want) in [(5.0, 5.0, false), (5.1, 5.0, true), (0.0, 0.0, false), (-1.0, -2.0, true)] {
@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn metric_mode_reports_keda_metric_and_activity() {
-        // reference/keda.md §4.4: in metric mode HPA computes ceil(metric / target) itself.
+        // KEDA's external-scaler docs: in metric mode the HPA computes ceil(metric / target) itself.
         let p = Policy::metric(10.0);
         let t0 = Instant::now();
         let s = run(&p, t0, &[(0, 42.0)]);

@@ -1,6 +1,6 @@
 //! The `drain` replica policy (`policy: drain`): size for the arrival rate, plus a term that
-//! drains the backlog within a target time (the Flink autoscaler's and DS2's rule, see
-//! `reference/policy.md` §5):
+//! drains the backlog within a target time (the Flink autoscaler's and DS2's rule; the user's
+//! view is docs/replicas.md, `policy: drain`):
 //!
 //! ```text
 //! B_proj = B + max(0, λ_up − R̂·μ̂) · startupSeconds      backlog when new pods are ready
@@ -667,7 +667,7 @@ mod tests {
             .collect()
     }
 
-    /// Runs the steps, checking the invariants of reference/policy.md §5.7 after each.
+    /// Runs the steps, checking the policy's safety invariants (numbered below) after each.
     fn check(steps: &[Step], cfg: &DrainConfig, b: &Bounds, counters: bool, ready: bool) -> Result<(), TestCaseError> {
         let t0 = Instant::now();
         let polls = samples(t0, steps, counters, ready);

@@ -2,7 +2,7 @@
 //! `<repo>/.services/azurite` by `scripts/install-services.sh`), in memory on loopback with
 //! ephemeral ports, one per test; and a request-counting HTTP proxy to put in front of it.
 //!
-//! The queue helpers sign with Shared Key (the algorithm of reference/services.md §1), using
+//! The queue helpers sign with Shared Key (Azure Storage's "Authorize with Shared Key"), using
 //! the scaler's own HMAC ([`AccountKey::sign`]); the scaler itself signs a service SAS.
 
 use std::fs::File;
@@ -195,7 +195,7 @@ impl Azurite {
         assert_eq!(body.matches("<QueueMessage>").count(), m, "dequeued count: {body}");
     }
 
-    /// A Shared Key signed request (reference/services.md §1).
+    /// A Shared Key signed request (Azure Storage's "Authorize with Shared Key").
     async fn send(&self, method: reqwest::Method, url: &str, body: Option<String>) -> reqwest::Response {
         self.send_with(method, url, body, &[]).await
     }

@@ -1,5 +1,5 @@
 //! `kafka`: consumer-group lag, at parity with KEDA's built-in `kafka` scaler
-//! (`pkg/scalers/kafka_scaler.go`, reference/keda.md §3.4).
+//! (`pkg/scalers/kafka_scaler.go`).
 //!
 //! # Metadata
 //!
