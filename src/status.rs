@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::engine::decision::Why;
-use crate::engine::log::{Entry, clock_time};
+use crate::engine::log::{Entry, clock_time, known};
 use crate::engine::policy::{OutputMode, Rule};
 use crate::engine::{Engine, Trigger};
 
@@ -130,7 +130,7 @@ fn view(t: &Trigger) -> TriggerView {
         target: p.target,
         min_replicas: p.min_replicas,
         max_replicas: p.max_replicas,
-        metric: last.and_then(|e| e.metric).map(f64::from),
+        metric: last.and_then(|e| known(e.metric)).map(f64::from),
         active: d.map(|d| d.active),
         desired_replicas: d.map(|d| d.desired_replicas),
         reason: last.map(|e| e.reason()),
@@ -148,11 +148,11 @@ pub fn outlook(e: &Entry, t: &Trigger) -> String {
     match e.why {
         Why::ScaleDownWindow { remaining_secs, recommendation } => format!(
             "{} more at or below {} and ebb scales to {recommendation}",
-            duration_text(remaining_secs),
+            duration_text(f64::from(remaining_secs)),
             level(recommendation)
         ),
         Why::Cooldown { remaining_secs } => {
-            format!("{} more without activity and ebb scales to 0", duration_text(remaining_secs))
+            format!("{} more without activity and ebb scales to 0", duration_text(f64::from(remaining_secs)))
         }
         Why::CooledToZero => "activity (the metric above its activation threshold) wakes it".into(),
         Why::StepLimit { step, recommendation } => {
@@ -327,7 +327,7 @@ async fn detail(State(e): State<Engine>, Path((namespace, name)): Path<(String, 
             opt(t.outlook.clone()),
         );
         let entries: Vec<&Entry> = d.log.iter().map(|r| &r.entry).collect();
-        b.push_str(&chart("metric", &entries, |e| e.metric.map(f64::from), false));
+        b.push_str(&chart("metric", &entries, |e| known(e.metric).map(f64::from), false));
         b.push_str(&chart("desired replicas", &entries, |e| Some(f64::from(e.desired)), true));
         b.push_str(&chart("active", &entries, |e| Some(if e.active { 1.0 } else { 0.0 }), true));
         b.push_str(
@@ -340,10 +340,10 @@ async fn detail(State(e): State<Engine>, Path((namespace, name)): Path<(String, 
                 b,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 r.time,
-                opt(e.metric.map(|v| format_number(f64::from(v)))),
+                opt(known(e.metric).map(|v| format_number(f64::from(v)))),
                 e.active,
-                opt(e.arrival_rate.map(|v| format_number(f64::from(v)))),
-                opt(e.throughput.map(|v| format_number(f64::from(v)))),
+                opt(known(e.arrival_rate).map(|v| format_number(f64::from(v)))),
+                opt(known(e.throughput).map(|v| format_number(f64::from(v)))),
                 opt(e.recommendation),
                 e.desired,
                 esc(&r.reason)
@@ -416,10 +416,10 @@ mod tests {
     fn charts_are_inline_svg_without_script() {
         let e = |at_ms, desired| Entry {
             at_ms,
-            metric: Some(desired as f32 * 10.0),
+            metric: desired as f32 * 10.0,
             active: desired > 0,
-            arrival_rate: None,
-            throughput: None,
+            arrival_rate: f32::NAN,
+            throughput: f32::NAN,
             recommendation: Some(desired),
             desired,
             why: Why::Recommendation,

@@ -60,9 +60,9 @@ pub enum Why {
     StepLimit { step: u32, recommendation: u32 },
     /// Kept above the latest recommendation by the scale-down stabilization window, for
     /// `remaining_secs` more (when its highest recommendation leaves the window).
-    ScaleDownWindow { remaining_secs: f64, recommendation: u32 },
+    ScaleDownWindow { remaining_secs: f32, recommendation: u32 },
     /// Inactive, kept at the floor until `cooldownPeriod` passes without activity.
-    Cooldown { remaining_secs: f64 },
+    Cooldown { remaining_secs: f32 },
     /// Zero: no activity for `cooldownPeriod`.
     CooledToZero,
     /// The recommendation is above `maxReplicaCount`.
@@ -263,9 +263,9 @@ fn desired_replicas(state: &DecisionState, policy: &Policy, now: Instant) -> (u3
         // Held until the oldest recommendation above the latest leaves the window.
         let until = in_window().find(|&&(_, r)| r > latest_rec).map(|&(t, _)| t + policy.scale_down_stabilization);
         let remaining = until.map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
-        Why::ScaleDownWindow { remaining_secs: remaining.as_secs_f64(), recommendation: latest_rec }
+        Why::ScaleDownWindow { remaining_secs: remaining.as_secs_f32(), recommendation: latest_rec }
     } else if let Some(left) = cooldown_left {
-        Why::Cooldown { remaining_secs: left.as_secs_f64() }
+        Why::Cooldown { remaining_secs: left.as_secs_f32() }
     } else if wanted(policy, latest) > policy.max_replicas {
         Why::AtMaxReplicas { wanted: wanted(policy, latest) }
     } else {

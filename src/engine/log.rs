@@ -14,18 +14,20 @@ pub const MAX_ENTRIES: usize = 120;
 /// Entries older than this are dropped.
 pub const MAX_AGE: Duration = Duration::from_secs(3600);
 
-/// One poll of the trigger's source and the decision that followed.
+/// One poll of the trigger's source and the decision that followed. Kept small (64 bytes; a
+/// test holds it there): 10,000 triggers keep 1.2 million of them. Unknown numbers are NaN,
+/// `null` in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Entry {
     /// When the poll was taken (Unix milliseconds).
     pub at_ms: u64,
-    /// The trigger's metric (backlog, lag, query value); `None` when the poll failed.
-    pub metric: Option<f32>,
+    /// The trigger's metric (backlog, lag, query value); NaN when the poll failed.
+    pub metric: f32,
     /// The trigger's activity (KEDA's activation rule) at that poll.
     pub active: bool,
     /// `policy: drain`'s arrival rate and per-replica throughput estimates (messages/s).
-    pub arrival_rate: Option<f32>,
-    pub throughput: Option<f32>,
+    pub arrival_rate: f32,
+    pub throughput: f32,
     /// The count the measurement alone asks for, before the rule's guards.
     pub recommendation: Option<u32>,
     /// The count ebb decided.
@@ -53,7 +55,7 @@ impl Entry {
         if let Some(kind) = self.source_error {
             return format!("source unreadable ({kind}): holding the last decision");
         }
-        let at = |secs: f64| clock_time(self.at_ms + (secs * 1e3) as u64);
+        let at = |secs: f32| clock_time(self.at_ms + (f64::from(secs) * 1e3) as u64);
         match self.why {
             Why::StepLimit { step, recommendation } => {
                 format!("scale-up step limit: +{step} at most, toward {recommendation}")
@@ -68,6 +70,16 @@ impl Entry {
             other => other.label().to_owned(),
         }
     }
+}
+
+/// `Some` for a known number (not NaN).
+pub fn known(v: f32) -> Option<f32> {
+    (!v.is_nan()).then_some(v)
+}
+
+/// An estimate as the log stores it: NaN when unknown.
+pub fn stored(v: Option<f64>) -> f32 {
+    v.map_or(f32::NAN, |v| v as f32)
 }
 
 /// `HH:MM:SS` UTC of Unix milliseconds.
@@ -119,16 +131,24 @@ mod tests {
     fn entry(at_ms: u64) -> Entry {
         Entry {
             at_ms,
-            metric: Some(1.0),
+            metric: 1.0,
             active: true,
-            arrival_rate: None,
-            throughput: None,
+            arrival_rate: f32::NAN,
+            throughput: f32::NAN,
             recommendation: Some(1),
             desired: 1,
             why: Why::Recommendation,
             source_error: None,
             activation_pushed: false,
         }
+    }
+
+    #[test]
+    fn entries_stay_small_and_unknowns_are_null() {
+        assert!(std::mem::size_of::<Entry>() <= 64, "{} bytes", std::mem::size_of::<Entry>());
+        let v = serde_json::to_value(entry(0)).unwrap();
+        assert_eq!((v["metric"].as_f64(), v["arrival_rate"].is_null()), (Some(1.0), true));
+        assert_eq!((known(f32::NAN), known(2.0), stored(None).is_nan()), (None, Some(2.0), true));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use ebb_scalers::{Measurement, Scaler};
 use tokio::time::Instant;
 
 use super::decision::{self, Decision, DecisionState};
-use super::log::{DecisionLog, Entry};
+use super::log::{DecisionLog, Entry, stored};
 use super::policy::{OutputMode, TriggerOptions};
 use super::source::{Source, WallClock};
 use crate::metrics::{Metrics, ScaledObjectLabels};
@@ -160,10 +160,10 @@ impl Trigger {
             self.metrics.desired_replicas.get_or_create(&self.labels).set(i64::from(d.desired_replicas));
             self.log.push(Entry {
                 at_ms: self.unix_ms(at),
-                metric: Some(eval.metric as f32),
+                metric: eval.metric as f32,
                 active: eval.active,
-                arrival_rate: rates.0.map(|v| v as f32),
-                throughput: rates.1.map(|v| v as f32),
+                arrival_rate: stored(rates.0),
+                throughput: stored(rates.1),
                 recommendation,
                 desired: d.desired_replicas,
                 why: d.why,
@@ -179,10 +179,10 @@ impl Trigger {
         let last = self.log.last();
         self.log.push(Entry {
             at_ms: self.unix_ms(at),
-            metric: None,
+            metric: f32::NAN,
             active: d.active,
-            arrival_rate: None,
-            throughput: None,
+            arrival_rate: f32::NAN,
+            throughput: f32::NAN,
             recommendation: last.and_then(|e| e.recommendation),
             desired: d.desired_replicas,
             why: d.why,
