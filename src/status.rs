@@ -1,6 +1,6 @@
 //! The status page on the HTTP port: why each ScaledObject is at its count, with the evidence.
 //!
-//! - `GET /`: every source (scaler, source key, interval, last poll, last error, polls) and
+//! - `GET /`: every source (scaler, source key, interval, last poll, last error, upstream calls) and
 //!   every ScaledObject trigger (mode, policy, metric, active, desired, last reason).
 //! - `GET /scaledobjects/{namespace}/{name}`: per trigger, charts of the metric, the desired
 //!   count and the activity over the decision log's window (inline SVG), what would change the
@@ -48,8 +48,9 @@ pub struct SourceView {
     /// Seconds since the last good poll finished; `None` before one.
     pub last_poll_age_seconds: Option<f64>,
     pub last_error: Option<String>,
-    /// Polls so far, each one round of upstream calls.
-    pub polls: u64,
+    /// Polls of the source so far: the upstream calls as `ebb_upstream_calls_total` counts them
+    /// (one per poll; an Event Hubs or Kafka poll fans out into several requests).
+    pub upstream_calls: u64,
     pub triggers: usize,
 }
 
@@ -102,7 +103,7 @@ fn sources(e: &Engine) -> Vec<SourceView> {
                 interval_seconds: s.interval().as_secs_f64(),
                 last_poll_age_seconds: st.last_good_received.map(|t| now.saturating_duration_since(t).as_secs_f64()),
                 last_error: st.last_error.map(|e| e.to_string()),
-                polls: st.polls,
+                upstream_calls: st.polls,
                 triggers: s.trigger_count(),
             }
         })
@@ -254,7 +255,7 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 async fn index(State(e): State<Engine>) -> Html<String> {
     let mut b = String::from(
         "<h1>ebb</h1><h2>Sources</h2><table><tr><th>scaler</th><th>source</th>\
-        <th>interval</th><th>last poll</th><th>last error</th><th>polls</th><th>triggers</th></tr>",
+        <th>interval</th><th>last poll</th><th>last error</th><th>upstream calls</th><th>triggers</th></tr>",
     );
     for s in sources(&e) {
         let _ = write!(
@@ -265,7 +266,7 @@ async fn index(State(e): State<Engine>) -> Html<String> {
             format_number(s.interval_seconds),
             s.last_poll_age_seconds.map_or("—".into(), |a| format!("{a:.1} s ago")),
             opt(s.last_error),
-            s.polls,
+            s.upstream_calls,
             s.triggers
         );
     }

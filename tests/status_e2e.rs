@@ -129,7 +129,7 @@ async fn page_json_and_explain_tell_why() {
         let src = &sources.as_array().expect("sources")[0];
         assert_eq!(src["scaler"], "prometheus");
         assert!(src["last_error"].as_str().is_some_and(|e| e.contains("503")), "{src}");
-        assert!(src["polls"].as_u64().unwrap_or(0) > 5, "{src}");
+        assert!(src["upstream_calls"].as_u64().unwrap_or(0) > 5, "{src}");
         let objects = json(&format!("{base}/api/v1/status/scaledobjects")).await;
         let so = &objects.as_array().expect("scaledobjects")[0];
         assert_eq!((so["namespace"].as_str(), so["name"].as_str()), (Some("default"), Some("orders")), "{so}");

@@ -275,11 +275,6 @@ impl Engine {
         v
     }
 
-    /// The wall clock polls are timed on.
-    pub fn clock(&self) -> source::WallClock {
-        self.inner.clock
-    }
-
     /// Number of distinct sources being polled.
     pub fn source_count(&self) -> usize {
         self.inner.sources.lock().expect("sources lock").len()

@@ -33,10 +33,6 @@ impl TokenCache {
         self
     }
 
-    pub fn scope(&self) -> &str {
-        &self.scope
-    }
-
     /// The token, fetched when none is cached or the cached one is about to expire.
     pub async fn token(&self, ctx: &ScalerContext) -> Result<String, PollError> {
         let mut cached = self.slot.lock().await;
