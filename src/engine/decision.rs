@@ -25,12 +25,12 @@
 //! For `outputMode: metric` the metric and activity are KEDA's own (HPA and KEDA do the rest);
 //! the desired count is still computed, for `/metrics` and `ebb check`.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use ebb_scalers::Evaluation;
 use tokio::time::Instant;
 
+use super::backlog::Window;
 use super::drain::{self, Bounds, DrainState, Sample};
 use super::policy::{OutputMode, Policy, Rule};
 
@@ -39,7 +39,8 @@ pub use ebb_scalers::Counters;
 /// What a trigger answers right now.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
-    /// The value GetMetrics reports: the metric (`metric` mode) or the desired replicas.
+    /// The value GetMetrics reports: the metric (`metric` mode) or, against a target of 1, the
+    /// desired replicas (rounded up where the HPA would ignore a small increase).
     pub metric: f64,
     /// What IsActive reports.
     pub active: bool,
@@ -86,18 +87,42 @@ impl Why {
     }
 }
 
-/// A trigger's observation history, reduced to what the rules need.
-#[derive(Debug, Clone, Default)]
-pub struct DecisionState {
+/// One poll as the rules see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation {
+    pub at: Instant,
+    pub eval: Evaluation,
+    pub counters: Counters,
+    /// The scale target's ready replicas, when ebb reads them (queue+R).
+    pub ready: Option<u32>,
+}
+
+/// What every rule shares of a trigger's history: when it was first seen, last active, and
+/// its latest evaluation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Activity {
     first_seen: Option<Instant>,
     last_active: Option<Instant>,
     latest: Option<(Instant, Evaluation)>,
-    /// Recommendations inside the stabilization window, kept as a monotonic queue: values
-    /// strictly decrease from front to back, so the front is the window's maximum.
-    recommendations: VecDeque<(Instant, u32)>,
-    /// The decision at the previous observation, the base for `maxScaleUpStep`.
-    previous_desired: Option<u32>,
-    last_desired: Option<u32>,
+}
+
+/// A replica rule (`policy`): folds each observation in, then answers the desired count with
+/// the rule that bound it, and the value to report to the HPA for it.
+pub trait ReplicaRule {
+    fn observe(&mut self, policy: &Policy, activity: &Activity, obs: &Observation);
+    fn desired(&self, policy: &Policy, activity: &Activity, now: Instant) -> (u32, Why);
+    /// What GetMetrics reports in `replicas` mode for `desired`.
+    fn request(&self, desired: u32) -> u32 {
+        desired
+    }
+}
+
+/// A trigger's observation history, reduced to what the rules need.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionState {
+    activity: Activity,
+    /// `policy: backlog`'s history (kept for every policy: `ebb check` shows its count).
+    backlog: Backlog,
     /// `policy: drain`'s history.
     drain: DrainState,
 }
@@ -109,7 +134,7 @@ impl DecisionState {
 
     /// The evaluation of the latest observation, if any.
     pub fn latest(&self) -> Option<Evaluation> {
-        self.latest.map(|(_, e)| e)
+        self.activity.latest.map(|(_, e)| e)
     }
 
     /// `policy: drain`'s estimates at the latest observation.
@@ -120,6 +145,13 @@ impl DecisionState {
     /// The rule that bound `policy: drain`'s latest decision.
     pub fn drain_reason(&self) -> Option<drain::Reason> {
         self.drain.desired().map(|(_, r)| r)
+    }
+
+    fn rule(&self, policy: &Policy) -> &dyn ReplicaRule {
+        match policy.rule {
+            Rule::Backlog => &self.backlog,
+            Rule::Drain(_) => &self.drain,
+        }
     }
 }
 
@@ -138,69 +170,156 @@ pub fn observe_with(
     ready: Option<u32>,
     at: Instant,
 ) {
-    if let Rule::Drain(cfg) = &policy.rule {
-        let bounds = Bounds {
-            min: policy.min_replicas,
-            max: counters.max_consumers.map_or(policy.max_replicas, |c| policy.max_replicas.min(c.max(1))),
-            max_step: policy.max_scale_up_step,
-            cooldown: policy.cooldown,
-            target: policy.target,
-        };
-        // With both counters the backlog is their difference: the scaler's metric may be capped
-        // (Kafka: partitions × lagThreshold) where the policy needs the work itself.
-        let backlog = match (counters.arrivals, counters.processed) {
-            (Some(e), Some(c)) => (e - c).max(0.0),
-            _ => sanitize(eval.metric),
-        };
-        let sample = Sample {
-            at,
-            backlog,
-            arrivals: counters.arrivals,
-            processed: counters.processed,
-            arrival_rate: counters.arrival_rate,
-            ready,
-        };
-        drain::observe(&mut state.drain, cfg, &bounds, sample);
-    }
-    state.first_seen.get_or_insert(at);
+    let obs = Observation { at, eval, counters, ready };
+    let a = &mut state.activity;
+    a.first_seen.get_or_insert(at);
     if eval.active {
-        state.last_active = Some(at);
+        a.last_active = Some(at);
     }
-    state.latest = Some((at, eval));
-
-    let rec = recommendation(policy, eval);
-    while state.recommendations.back().is_some_and(|&(_, r)| r <= rec) {
-        state.recommendations.pop_back();
+    a.latest = Some((at, eval));
+    if let Rule::Drain(_) = policy.rule {
+        state.drain.observe(policy, &state.activity, &obs);
     }
-    state.recommendations.push_back((at, rec));
-    prune(&mut state.recommendations, policy.scale_down_stabilization, at);
-
-    state.previous_desired = state.last_desired;
-    state.last_desired = Some(desired_replicas(state, policy, at).0);
+    state.backlog.observe(policy, &state.activity, &obs);
 }
 
 /// The decision at `now`; `None` before the first observation.
 pub fn decide(state: &DecisionState, policy: &Policy, now: Instant) -> Option<Decision> {
-    let (_, eval) = state.latest?;
-    let (desired, why) = desired_replicas(state, policy, now);
+    let (_, eval) = state.activity.latest?;
+    let rule = state.rule(policy);
+    let (desired, why) = rule.desired(policy, &state.activity, now);
     Some(match policy.output_mode {
         OutputMode::Metric => {
             Decision { metric: sanitize(eval.metric), active: eval.active, desired_replicas: desired, why }
         }
-        OutputMode::Replicas => {
-            Decision { metric: f64::from(desired), active: desired > 0, desired_replicas: desired, why }
-        }
+        OutputMode::Replicas => Decision {
+            metric: f64::from(rule.request(desired)),
+            active: desired > 0,
+            desired_replicas: desired,
+            why,
+        },
     })
 }
 
 /// The count the latest observation alone asks for, before the rule's guards (window, step,
 /// cooldown; for `policy: drain`, its sizing before hysteresis and guards).
 pub fn recommended(state: &DecisionState, policy: &Policy) -> Option<u32> {
-    let (_, latest) = state.latest?;
+    let (_, latest) = state.activity.latest?;
     Some(match policy.rule {
         Rule::Drain(_) => state.drain.estimates.recommendation,
         Rule::Backlog => recommendation(policy, latest),
     })
+}
+
+impl ReplicaRule for DrainState {
+    fn observe(&mut self, policy: &Policy, _: &Activity, obs: &Observation) {
+        let Rule::Drain(cfg) = &policy.rule else { return };
+        let c = obs.counters;
+        let bounds = Bounds {
+            min: policy.min_replicas,
+            max: c.max_consumers.map_or(policy.max_replicas, |n| policy.max_replicas.min(n.max(1))),
+            max_step: policy.max_scale_up_step,
+            cooldown: policy.cooldown,
+            target: policy.target,
+            stabilization: policy.scale_down_stabilization,
+            // Past maxReplicaCount the HPA clamps; past a partition count consumers would idle.
+            request_max: if c.max_consumers.is_some_and(|n| n <= policy.max_replicas) { 0 } else { u32::MAX },
+        };
+        // With both counters the backlog is their difference: the scaler's metric may be capped
+        // (Kafka: partitions × lagThreshold) where the policy needs the work itself.
+        let backlog = match (c.arrivals, c.processed) {
+            (Some(e), Some(p)) => (e - p).max(0.0),
+            _ => sanitize(obs.eval.metric),
+        };
+        let sample = Sample {
+            at: obs.at,
+            backlog,
+            arrivals: c.arrivals,
+            processed: c.processed,
+            arrival_rate: c.arrival_rate,
+            ready: obs.ready,
+        };
+        drain::observe(self, cfg, &bounds, sample);
+    }
+
+    fn desired(&self, _: &Policy, _: &Activity, _: Instant) -> (u32, Why) {
+        // Decided at the observation: missing data never moves it (held until polls resume).
+        let (d, reason) = self.desired().unwrap_or((0, drain::Reason::Hold));
+        (d, Why::Drain { reason })
+    }
+
+    fn request(&self, desired: u32) -> u32 {
+        if desired == self.desired().map_or(0, |(d, _)| d) { self.reported() } else { desired }
+    }
+}
+
+/// `policy: backlog`: KEDA's loop, run by ebb.
+#[derive(Debug, Clone, Default)]
+pub struct Backlog {
+    recommendations: Window,
+    /// The decision at the previous observation, the base for `maxScaleUpStep`.
+    previous_desired: Option<u32>,
+    last_desired: Option<u32>,
+}
+
+impl ReplicaRule for Backlog {
+    fn observe(&mut self, policy: &Policy, activity: &Activity, obs: &Observation) {
+        self.recommendations.push(obs.at, recommendation(policy, obs.eval), policy.scale_down_stabilization);
+        self.previous_desired = self.last_desired;
+        self.last_desired = Some(self.desired(policy, activity, obs.at).0);
+    }
+
+    fn desired(&self, policy: &Policy, activity: &Activity, now: Instant) -> (u32, Why) {
+        let Some((_, latest)) = activity.latest else { return (0, Why::Recommendation) };
+        let mut cooldown_left = None;
+        if policy.min_replicas == 0 && !latest.active {
+            let quiet_since = activity.last_active.or(activity.first_seen).unwrap_or(now);
+            let quiet = now.saturating_duration_since(quiet_since);
+            if quiet >= policy.cooldown {
+                return (0, Why::CooledToZero);
+            }
+            cooldown_left = Some(policy.cooldown - quiet);
+        }
+        let window_start = now.checked_sub(policy.scale_down_stabilization);
+        let latest_rec = recommendation(policy, latest);
+        // The latest recommendation always counts, whatever the window.
+        let stabilized = self.recommendations.max_since(window_start).unwrap_or(latest_rec);
+        let (desired, stepped) = self.step(policy, latest_rec, stabilized);
+        let desired = desired.min(policy.max_replicas);
+        let why = if let Some(step) = stepped {
+            Why::StepLimit { step, recommendation: latest_rec }
+        } else if desired > latest_rec {
+            // Held until the oldest recommendation above the latest leaves the window.
+            let until =
+                self.recommendations.first_above(window_start, latest_rec).map(|t| t + policy.scale_down_stabilization);
+            let remaining = until.map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+            Why::ScaleDownWindow { remaining_secs: remaining.as_secs_f32(), recommendation: latest_rec }
+        } else if let Some(left) = cooldown_left {
+            Why::Cooldown { remaining_secs: left.as_secs_f32() }
+        } else if wanted(policy, latest) > policy.max_replicas {
+            Why::AtMaxReplicas { wanted: wanted(policy, latest) }
+        } else {
+            Why::Recommendation
+        };
+        (desired, why)
+    }
+}
+
+impl Backlog {
+    /// `maxScaleUpStep`, as the HPA does: step up only toward the latest recommendation;
+    /// otherwise hold, and come down to the window's maximum. Stepping toward an older, higher
+    /// recommendation would keep scaling up after the backlog is gone.
+    fn step(&self, policy: &Policy, latest_rec: u32, stabilized: u32) -> (u32, Option<u32>) {
+        let (Some(step), Some(prev)) = (policy.max_scale_up_step, self.previous_desired) else {
+            return (stabilized, None);
+        };
+        if prev < latest_rec {
+            let d = latest_rec.min(prev.saturating_add(step));
+            (d, (d < latest_rec).then_some(step))
+        } else {
+            (prev.min(stabilized), None)
+        }
+    }
 }
 
 /// `ceil(metric / target)` for an active observation, within `[max(min, 1), max]`.
@@ -217,69 +336,6 @@ fn recommendation(policy: &Policy, eval: Evaluation) -> u32 {
 /// `ceil(metric / target)` for an active observation, before the bounds.
 fn wanted(policy: &Policy, eval: Evaluation) -> u32 {
     if eval.active { (sanitize(eval.metric) / policy.target).ceil() as u32 } else { 0 }
-}
-
-/// The desired count at `now` and the rule that bound it.
-fn desired_replicas(state: &DecisionState, policy: &Policy, now: Instant) -> (u32, Why) {
-    let Some((_, latest)) = state.latest else { return (0, Why::Recommendation) };
-    if let Rule::Drain(_) = policy.rule {
-        // Decided at the observation: missing data never moves it (held until polls resume).
-        // `observe_with` always folds into the drain state, so it has a count once `latest` is set.
-        let (d, reason) = state.drain.desired().unwrap_or((0, drain::Reason::Hold));
-        return (d, Why::Drain { reason });
-    }
-    let mut cooldown_left = None;
-    if policy.min_replicas == 0 && !latest.active {
-        let quiet_since = state.last_active.or(state.first_seen).unwrap_or(now);
-        let quiet = now.saturating_duration_since(quiet_since);
-        if quiet >= policy.cooldown {
-            return (0, Why::CooledToZero);
-        }
-        cooldown_left = Some(policy.cooldown - quiet);
-    }
-    let window_start = now.checked_sub(policy.scale_down_stabilization);
-    let in_window = || state.recommendations.iter().filter(|(t, _)| window_start.is_none_or(|w| *t >= w));
-    let latest_rec = recommendation(policy, latest);
-    // The latest recommendation always counts, whatever the window.
-    let stabilized = in_window().map(|&(_, r)| r).max().unwrap_or(latest_rec);
-    let mut desired = stabilized;
-    let mut stepped = None;
-    if let (Some(step), Some(prev)) = (policy.max_scale_up_step, state.previous_desired) {
-        // As the HPA does: step up only toward the latest recommendation; otherwise hold, and
-        // come down to the window's maximum. Stepping toward an older, higher recommendation
-        // would keep scaling up after the backlog is gone.
-        desired = if prev < latest_rec {
-            let d = latest_rec.min(prev.saturating_add(step));
-            stepped = (d < latest_rec).then_some(step);
-            d
-        } else {
-            prev.min(stabilized)
-        };
-    }
-    let desired = desired.min(policy.max_replicas);
-    let why = if let Some(step) = stepped {
-        Why::StepLimit { step, recommendation: latest_rec }
-    } else if desired > latest_rec {
-        // Held until the oldest recommendation above the latest leaves the window.
-        let until = in_window().find(|&&(_, r)| r > latest_rec).map(|&(t, _)| t + policy.scale_down_stabilization);
-        let remaining = until.map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
-        Why::ScaleDownWindow { remaining_secs: remaining.as_secs_f32(), recommendation: latest_rec }
-    } else if let Some(left) = cooldown_left {
-        Why::Cooldown { remaining_secs: left.as_secs_f32() }
-    } else if wanted(policy, latest) > policy.max_replicas {
-        Why::AtMaxReplicas { wanted: wanted(policy, latest) }
-    } else {
-        Why::Recommendation
-    };
-    (desired, why)
-}
-
-/// Drops recommendations older than the window, keeping the latest.
-fn prune(q: &mut VecDeque<(Instant, u32)>, window: Duration, now: Instant) {
-    let Some(start) = now.checked_sub(window) else { return };
-    while q.len() > 1 && q.front().is_some_and(|&(t, _)| t < start) {
-        q.pop_front();
-    }
 }
 
 /// NaN and negative metrics reach the HPA as 0 (KEDA ≥ 2.20 clamps them the same way).
@@ -446,7 +502,7 @@ mod tests {
         let s = run(&p, t0, &[(0, 50.0), (3, 70.0), (6, 30.0), (9, 40.0)]);
         assert_eq!(decide(&s, &p, t0 + secs(9)).unwrap().desired_replicas, 7);
         assert_eq!(decide(&s, &p, t0 + secs(14)).unwrap().desired_replicas, 4, "70 left the window at 13 s");
-        assert!(s.recommendations.len() <= 2);
+        assert!(s.backlog.recommendations.len() <= 2);
     }
 
     #[test]

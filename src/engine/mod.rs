@@ -10,6 +10,7 @@
 //! the metadata, attaches it to the source with its key (starting that source's task if new)
 //! and waits, bounded, for the source's first poll; every later request answers from memory.
 
+pub mod backlog;
 pub mod decision;
 pub mod drain;
 pub mod keda_keys;

@@ -308,7 +308,11 @@ impl SimulateArgs {
             ..base
         };
         Policy {
-            scale_down_stabilization: policy::DEFAULT_STABILIZATION,
+            // On Container Apps the platform's HPA holds 300 s itself (docs/container-apps.md).
+            scale_down_stabilization: match self.platform {
+                Platform::Aks => policy::DEFAULT_STABILIZATION,
+                Platform::Aca => Duration::ZERO,
+            },
             cooldown: policy::DEFAULT_COOLDOWN,
             max_scale_up_step: None,
             rule: crate::engine::policy::Rule::Drain(d),
