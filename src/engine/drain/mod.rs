@@ -314,6 +314,11 @@ impl DrainState {
             }
             let still = s.backlog > 0.0 && prev.processed.is_some() && prev.processed == s.processed;
             self.still = if still { self.still + 1 } else { 0 };
+            // Nothing to commit: an idle gap says nothing of the commit interval (a 30-minute
+            // one once read as the cadence, and hid the next spike's saturation).
+            if prev.backlog <= 0.0 {
+                self.c_moved = None;
+            }
             if matches!((prev.processed, s.processed), (Some(a), Some(b)) if b > a) {
                 if let Some(t) = self.c_moved {
                     // The slowest recent cadence, decaying: a commit skipped now and then should
@@ -381,7 +386,10 @@ impl DrainState {
         // new count, and that biased-low sample once capped the probe for good).
         let learned = ready_range(&self.ring, &self.asked, cfg.startup, cfg.long)
             .filter(|&(_, hi)| p > 0.0 && hi > 0)
-            .map(|(lo, hi)| (p / f64::from(hi), lo == hi));
+            .map(|(_, hi)| p / f64::from(hi));
+        // Held only when the count held for twice startupSeconds before the window too: pods
+        // slower to start than that setting made a sample look saturated, and it capped μ̂.
+        let held = ready_range(&self.ring, &self.asked, cfg.startup * 2, cfg.long).is_some_and(|(lo, hi)| lo == hi);
         // Waiting all along: even the lag just after each commit held more than WAITING's work.
         let (window, waiting) = if v.commit_interval + COMMIT_INTERVAL <= cfg.long {
             (cfg.long, p * secs(WAITING + v.commit_interval.min(COMMIT_INTERVAL)))
@@ -398,9 +406,8 @@ impl DrainState {
             .zip(ready_range(&self.ring, &self.asked, cfg.startup, BEHIND + v.commit_interval))
             .filter(|&(p, (lo, hi))| p > 0.0 && lo > 0 && f64::from(hi) <= 1.25 * f64::from(lo))
             .map(|(p, (lo, hi))| p / ((f64::from(lo) + f64::from(hi)) / 2.0));
-        let saturated_sample =
-            behind.or(learned.filter(|&(_, held)| held && saturated(&self.ring, window, waiting)).map(|(x, _)| x));
-        Evidence { saturated: saturated_sample, lower_bound: learned.map(|(x, _)| x) }
+        let saturated_sample = behind.or(learned.filter(|_| held && saturated(&self.ring, window, waiting)));
+        Evidence { saturated: saturated_sample, lower_bound: learned }
     }
 
     /// `λ` over `w`: measured by the source, from its arrivals counter, or from the backlog.
