@@ -255,6 +255,10 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// A threshold is read as `threshold / μ̂` seconds of wait the user accepts; the backlog is
 /// drained within this multiple of it when that is sooner than `drainSeconds`.
 const INTENT: f64 = 2.0;
+/// A threshold under this much of one replica's work asks for waits that short: plan for
+/// this much less utilization (swept 0.05, 0.1 and 0.15 at thresholds 5 and 10).
+const SHORT_WAIT: Duration = Duration::from_secs(2);
+const SHORT_WAIT_HEADROOM: f64 = 0.1;
 
 /// Without a throughput, the trigger's threshold is read as this much of one replica's work
 /// (Little's law: a backlog per replica of `threshold` waits about this long). A guess: it only
@@ -384,7 +388,9 @@ impl DrainState {
         // been ready then, it is a lower bound whatever the count did; a capacity only when the
         // count held (a count raised within the window divides the old replicas' work by the
         // new count, and that biased-low sample once capped the probe for good).
-        let learned = ready_range(&self.ring, &self.asked, cfg.startup, cfg.long)
+        // (Pods may start sooner than startupSeconds: only a count ebb asked for, in force at
+        // some poll of the window, bounds the replicas that may have been ready.)
+        let learned = ready_range(&self.ring, &self.asked, Duration::ZERO, cfg.long)
             .filter(|&(_, hi)| p > 0.0 && hi > 0)
             .map(|(_, hi)| p / f64::from(hi));
         // Held only when the count held for twice startupSeconds before the window too: pods
@@ -451,10 +457,13 @@ fn count(x: f64, max: u32) -> u32 {
 }
 
 fn plan(state: &mut DrainState, cfg: &DrainConfig, bounds: &Bounds, v: &View) -> Plan {
-    let cap = v.mu * cfg.utilization;
-    // The user's latency intent: a backlog per replica of `threshold` waits `threshold / μ̂`;
-    // a threshold that small asks for a backlog drained sooner than drainSeconds.
-    let drain_s = secs(cfg.drain).min((bounds.target / v.mu * INTENT).max(1.0));
+    // The user's latency intent: a backlog per replica of `threshold` waits `threshold / μ̂`.
+    // A threshold that small asks for a backlog drained sooner than drainSeconds, and for more
+    // headroom: KEDA's loop at such a threshold keeps waits near zero.
+    let accepted = bounds.target / v.mu;
+    let drain_s = secs(cfg.drain).min((accepted * INTENT).max(1.0));
+    let headroom = if accepted < secs(SHORT_WAIT) { SHORT_WAIT_HEADROOM } else { 0.0 };
+    let cap = v.mu * (cfg.utilization - headroom).max(0.5);
     let lag_done = match v.processing {
         // A log's lag also holds what was processed since the last commit: its lowest within
         // a commit interval is the lag just after a commit, which still holds on average half
