@@ -463,8 +463,14 @@ impl SimulateArgs {
     }
 
     fn ebb(&self, name: &'static str, policy: Policy, hpa: Hpa) -> Ebb {
-        let mut e =
-            Ebb::new(name, self.ebb_polling_interval, self.keda_polling_interval, self.activation_threshold, policy, hpa);
+        let mut e = Ebb::new(
+            name,
+            self.ebb_polling_interval,
+            self.keda_polling_interval,
+            self.activation_threshold,
+            policy,
+            hpa,
+        );
         e.read_ready = self.ready_replicas;
         e
     }
@@ -590,7 +596,8 @@ impl Report {
             s.platform,
         );
         // The window's column only when asked for.
-        let window = s.report_window.map(|(a, n)| format!(" {:>16}", format!("in {a}..{} s", a + n))).unwrap_or_default();
+        let window =
+            s.report_window.map(|(a, n)| format!(" {:>16}", format!("in {a}..{} s", a + n))).unwrap_or_default();
         let _ = writeln!(
             out,
             "{:<14} {:>12} {:>7} {:>7} {:>7}{window} {:>9} {:>9} {:>9} {:>12} {:>12} {:>24}",
@@ -618,7 +625,11 @@ fn row_line(r: &Row, with_window: bool) -> String {
     let x = |v: Option<f64>| opt(v, |x| format!("{x:.2}"));
     let secs = |v: Option<u64>| opt(v, |w| format!("{w} s"));
     let xs = r.ratios();
-    let window = if with_window { format!(" {:>16}", opt(r.window_replica_seconds(), |w| w.to_string())) } else { String::new() };
+    let window = if with_window {
+        format!(" {:>16}", opt(r.window_replica_seconds(), |w| w.to_string()))
+    } else {
+        String::new()
+    };
     let o = match r {
         Row::Run(o) => Some(o),
         Row::Floor(_) => None,
@@ -855,12 +866,8 @@ mod tests {
     #[test]
     fn partitions_cap_every_count_and_the_capacity() {
         // 100 msg/s needs 10 replicas; 4 partitions let 4 work.
-        let a = SimulateArgs {
-            partitions: Some(4),
-            source_kind: SourceKind::Log,
-            duration: Some(3600),
-            ..args("steady")
-        };
+        let a =
+            SimulateArgs { partitions: Some(4), source_kind: SourceKind::Log, duration: Some(3600), ..args("steady") };
         let r = simulate(&a).unwrap();
         for p in r.outcomes().filter(|p| p.policy != "ebb-backlog") {
             assert!(p.replicas.iter().all(|&n| n <= 4), "{}: {:?}", p.policy, p.replicas.iter().max());

@@ -500,12 +500,7 @@ impl Oracle {
                 (prefix[hi] - prefix[lo]) as f64 / (hi - lo).max(1) as f64
             })
             .collect();
-        Self {
-            rate,
-            arrivals: a.clone(),
-            consumer: consumer.clone(),
-            bottleneck_cap: consumer.bottleneck_cap(trace),
-        }
+        Self { rate, arrivals: a.clone(), consumer: consumer.clone(), bottleneck_cap: consumer.bottleneck_cap(trace) }
     }
 
     /// Replicas to ask for at `now` with the true queue `queue`.
@@ -672,7 +667,12 @@ pub fn run(
         }
         // The oracle sees the true queue: every processed message as if committed.
         let seen = if controller.foresight() {
-            Seen { backlog: queue.len, arrivals: Some(arrived), committed: Some(processed), partitions: source.partitions }
+            Seen {
+                backlog: queue.len,
+                arrivals: Some(arrived),
+                committed: Some(processed),
+                partitions: source.partitions,
+            }
         } else {
             source.seen(queue.len, arrived, committed)
         };
