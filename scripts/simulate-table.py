@@ -23,16 +23,17 @@ def cell(p):
 
 
 def compare(rows, extra_policies=()):
-    print("| trace | source kind | keda-default replica-s / p95 | ebb replica-s / p95 | ebb vs keda | ebb ×lower-bound | "
-          + "".join(f"{x} replica-s / p95 | " for x in extra_policies) + "lower-bound replica-s / p95 | command |")
-    print("|---|---|---|---|---|---|" + "---|" * len(extra_policies) + "---|---|")
+    print("| trace | source kind | keda-default replica-s / p95 | keda-tuned replica-s / p95 | ebb replica-s / p95 | "
+          "ebb ×keda-default | ebb ×keda-tuned | ebb ×floor | "
+          + "".join(f"{x} replica-s / p95 | " for x in extra_policies) + "oracle replica-s / p95 | floor replica-s | command |")
+    print("|---|---|---|---|---|---|---|---|" + "---|" * len(extra_policies) + "---|---|---|")
     for trace, kind, args in rows:
         p = run(["--trace", trace, "--source-kind", kind, *args])
-        k, e, lb = p["keda-default"], p["ebb"], p["lower-bound"]
-        delta = 100.0 * (e["replica_seconds"] - k["replica_seconds"]) / k["replica_seconds"]
+        k, t, e, o = p["keda-default"], p["keda-tuned"], p["ebb"], p["oracle"]
         extra = "".join(f"{cell(p[x])} | " for x in extra_policies)
         cmd = " ".join(["ebb simulate --trace", trace, "--source-kind", kind, *args])
-        print(f"| {trace} | {kind} | {cell(k)} | {cell(e)} | {delta:+.0f} % | {e['x_lower_bound']:.2f} | {extra}{cell(lb)} | `{cmd}` |")
+        print(f"| {trace} | {kind} | {cell(k)} | {cell(t)} | {cell(e)} | {e['x_keda_default']:.2f} | "
+              f"{e['x_keda_tuned']:.2f} | {e['x_floor']:.2f} | {extra}{cell(o)} | {p['floor']['replica_seconds']:,} | `{cmd}` |")
 
 
 def main():

@@ -13,7 +13,15 @@ use super::trace::Trace;
 const MAX_POINTS: usize = 1200;
 
 const ARRIVALS: RGBColor = RGBColor(90, 90, 90);
-const COLORS: [RGBColor; 2] = [RGBColor(214, 39, 40), RGBColor(31, 119, 180)];
+/// One colour per row (keda-default, keda-tuned, ebb, …, oracle).
+const COLORS: [RGBColor; 6] = [
+    RGBColor(214, 39, 40),
+    RGBColor(255, 127, 14),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(127, 127, 127),
+];
 
 pub fn write(path: &Path, trace: &Trace, outcomes: &[Outcome]) -> Result<(), Box<dyn std::error::Error>> {
     let len = trace.arrivals.len().max(1);
@@ -54,7 +62,7 @@ pub fn write(path: &Path, trace: &Trace, outcomes: &[Outcome]) -> Result<(), Box
                 .iter()
                 .zip(backlogs)
                 .enumerate()
-                .map(|(i, (o, l))| (o.policy.to_string(), COLORS[i % 2], l))
+                .map(|(i, (o, l))| (o.policy.to_string(), COLORS[i % COLORS.len()], l))
                 .collect(),
         ),
         (
@@ -63,7 +71,7 @@ pub fn write(path: &Path, trace: &Trace, outcomes: &[Outcome]) -> Result<(), Box
                 .iter()
                 .zip(replicas)
                 .enumerate()
-                .map(|(i, (o, l))| (o.policy.to_string(), COLORS[i % 2], l))
+                .map(|(i, (o, l))| (o.policy.to_string(), COLORS[i % COLORS.len()], l))
                 .collect(),
         ),
     ];

@@ -9,12 +9,15 @@
 //!   `pollingInterval` (30 s) for activation from zero, `cooldownPeriod` (300 s) before zero,
 //!   and the HPA syncing every 15 s on the backlog with its 10 % tolerance, 300 s scale-down
 //!   stabilization and default scale-up limit (the larger of +4 pods and +100 % per 15 s);
+//! - `keda-tuned`: the same KEDA loop behind the HPA `behavior` ebb's ScaledObject uses, so
+//!   the rows after it differ from it only in what decides the count;
 //! - `ebb`: `outputMode: replicas`, `policy: drain`, exactly as docs/replicas.md recommends for the
 //!   source kind (trigger keys and the ScaledObject's HPA `behavior`), through the server's own
 //!   decision code ([`crate::engine::decision`]);
 //! - `ebb-configured` (with `--throughput-per-replica`): the same with `throughputPerReplica`;
 //! - `ebb-backlog`: `policy: backlog`, ebb's earlier rule;
-//! - `lower-bound`: perfect foresight ([`model::LowerBound`]).
+//! - `oracle`: perfect foresight of the arrivals and the true queue ([`model::Oracle`]);
+//! - `floor`: the work-conserving floor, Σ arrivals ÷ throughput plus one start-up (no waits).
 //!
 //! `--platform aca` models Container Apps, whose HPA behaviour cannot be changed.
 //!
@@ -30,8 +33,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::engine::policy::{self, OutputMode, Policy};
-use model::{Consumer, Ebb, Hpa, KedaDefault, LowerBound, Outcome, Source, SourceKind};
-use trace::{Trace, TraceKind};
+use model::{Consumer, Ebb, Hpa, KedaDefault, Oracle, Outcome, Source, SourceKind};
+use trace::{Arrivals, Trace, TraceKind};
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +60,7 @@ pub struct SimulateArgs {
     /// CSV's own length].
     #[arg(long)]
     pub duration: Option<u64>,
-    /// Seed of the built-in traces' noise and bursts.
+    /// Seed of the built-in traces' noise and bursts, and of `--arrivals poisson`.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Messages per second one ready replica processes.
@@ -103,6 +106,17 @@ pub struct SimulateArgs {
     /// Seconds between the consumers' commits (`log`): committed offsets move only then.
     #[arg(long, default_value_t = 5)]
     pub commit_interval: u64,
+    /// The topic's partitions (`log`): consumers beyond them sit idle, and the scalers cap
+    /// their count at them (KEDA's Kafka scaler without `allowIdleConsumers`) [default: no cap].
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// `trace`: each second's count as the trace gives it; `poisson`: drawn from a Poisson
+    /// distribution with that mean (seeded by `--seed`).
+    #[arg(long, value_enum, default_value_t = Arrivals::Trace)]
+    pub arrivals: Arrivals,
+    /// `START:SECONDS`: also report each row's replica-seconds within this window.
+    #[arg(long, value_parser = window)]
+    pub report_window: Option<(u64, u64)>,
     /// Add an `ebb-configured` row with `throughputPerReplica` set to this (msg/s).
     #[arg(long)]
     pub throughput_per_replica: Option<f64>,
@@ -169,16 +183,75 @@ pub enum Platform {
     Aca,
 }
 
-/// The result of one run: the trace, the settings and one outcome per policy.
+/// The result of one run: the trace, the settings and one row per policy.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
     pub trace: String,
     pub duration_s: u64,
     pub messages: u64,
-    /// Work-conserving floor: all messages ÷ throughput, in replica-seconds.
-    pub work_floor_replica_seconds: u64,
     pub settings: Settings,
-    pub policies: Vec<Outcome>,
+    pub policies: Vec<Row>,
+}
+
+/// A row of the report: a simulated policy, or the floor.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Row {
+    Run(Outcome),
+    Floor(Floor),
+}
+
+/// The work-conserving floor ([`Consumer::work_floor`]): replica-seconds only; nothing is
+/// simulated, so waits are not defined (null).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Floor {
+    pub policy: &'static str,
+    pub replica_seconds: u64,
+    pub wait_p50_s: Option<u64>,
+    pub wait_p95_s: Option<u64>,
+    pub wait_max_s: Option<u64>,
+    pub x_keda_default: Option<f64>,
+    pub x_keda_tuned: Option<f64>,
+    pub x_floor: Option<f64>,
+    pub window_replica_seconds: Option<u64>,
+}
+
+impl Row {
+    pub fn policy(&self) -> &'static str {
+        match self {
+            Self::Run(o) => o.policy,
+            Self::Floor(f) => f.policy,
+        }
+    }
+
+    pub fn replica_seconds(&self) -> u64 {
+        match self {
+            Self::Run(o) => o.replica_seconds,
+            Self::Floor(f) => f.replica_seconds,
+        }
+    }
+
+    /// `[x_keda_default, x_keda_tuned, x_floor]`.
+    pub fn ratios(&self) -> [Option<f64>; 3] {
+        match self {
+            Self::Run(o) => [o.x_keda_default, o.x_keda_tuned, o.x_floor],
+            Self::Floor(f) => [f.x_keda_default, f.x_keda_tuned, f.x_floor],
+        }
+    }
+
+    fn set_ratios(&mut self, [k, t, f]: [Option<f64>; 3]) {
+        match self {
+            Self::Run(o) => (o.x_keda_default, o.x_keda_tuned, o.x_floor) = (k, t, f),
+            Self::Floor(r) => (r.x_keda_default, r.x_keda_tuned, r.x_floor) = (k, t, f),
+        }
+    }
+
+    pub fn window_replica_seconds(&self) -> Option<u64> {
+        match self {
+            Self::Run(o) => o.window_replica_seconds,
+            Self::Floor(f) => f.window_replica_seconds,
+        }
+    }
 }
 
 /// The model's settings, echoed in the report.
@@ -204,6 +277,9 @@ pub struct Settings {
     pub bottleneck: Option<(u64, u64)>,
     pub outage: Option<(u64, u64)>,
     pub restart_at: Option<u64>,
+    pub partitions: Option<u32>,
+    pub arrivals: Arrivals,
+    pub report_window: Option<(u64, u64)>,
 }
 
 /// `START:SECONDS`.
@@ -262,6 +338,16 @@ impl SimulateArgs {
         {
             return Err(flag("duration", format!("{d} is not in [1, {}] seconds", trace::MAX_SECONDS)));
         }
+        match self.partitions {
+            Some(0) => return Err(flag("partitions", "must be at least 1")),
+            Some(_) if self.source_kind == SourceKind::Queue => {
+                return Err(flag("partitions", "only a log has partitions (--source-kind log)"));
+            }
+            _ => {}
+        }
+        if self.report_window.is_some_and(|(_, len)| len == 0) {
+            return Err(flag("report-window", "SECONDS must be at least 1"));
+        }
         Ok(())
     }
 
@@ -287,6 +373,9 @@ impl SimulateArgs {
             bottleneck: self.bottleneck,
             outage: self.outage,
             restart_at: self.restart_at,
+            partitions: self.partitions,
+            arrivals: self.arrivals,
+            report_window: self.report_window,
         }
     }
 
@@ -350,73 +439,126 @@ impl SimulateArgs {
     }
 }
 
-/// Runs both policies over the trace the flags name.
+/// Runs every policy over the trace the flags name.
 pub fn simulate(args: &SimulateArgs) -> Result<Report, SimulateError> {
     args.validate()?;
-    let trace = TraceKind::parse(&args.trace).build(args.duration, args.seed)?;
-    Ok(simulate_trace(args, &trace))
+    Ok(simulate_trace(args, &build_trace(args)?))
 }
 
-/// Runs both policies over `trace`.
-pub fn simulate_trace(args: &SimulateArgs, trace: &Trace) -> Report {
-    let consumer = Consumer {
-        throughput: args.throughput,
-        startup_delay: args.startup_delay,
-        max_replicas: args.max_replicas,
-        slowdown: args.slowdown,
-        bottleneck: args.bottleneck,
-    };
-    let faults = model::Faults { outage: args.outage, restart_at: args.restart_at };
-    let keda = KedaDefault::new(
-        args.keda_polling_interval,
-        args.keda_target,
-        args.activation_threshold,
-        args.cooldown,
-        args.max_replicas,
-    );
-    let ebb = |name, policy, hpa| {
+/// The trace the flags name, with `--arrivals` applied.
+fn build_trace(args: &SimulateArgs) -> Result<Trace, SimulateError> {
+    let trace = TraceKind::parse(&args.trace).build(args.duration, args.seed)?;
+    Ok(match args.arrivals {
+        Arrivals::Trace => trace,
+        Arrivals::Poisson => trace::poisson(&trace, args.seed),
+    })
+}
+
+impl SimulateArgs {
+    fn consumer(&self) -> Consumer {
+        Consumer {
+            throughput: self.throughput,
+            startup_delay: self.startup_delay,
+            max_replicas: self.max_replicas,
+            slowdown: self.slowdown,
+            bottleneck: self.bottleneck,
+            partitions: self.partitions,
+        }
+    }
+
+    fn ebb(&self, name: &'static str, policy: Policy, hpa: Hpa) -> Ebb {
         let mut e = Ebb::new(
             name,
-            args.ebb_polling_interval,
-            args.keda_polling_interval,
-            args.activation_threshold,
+            self.ebb_polling_interval,
+            self.keda_polling_interval,
+            self.activation_threshold,
             policy,
             hpa,
         );
-        e.read_ready = args.ready_replicas;
+        e.read_ready = self.ready_replicas;
         e
-    };
-    let source = Source { kind: args.source_kind, commit_interval: args.commit_interval };
-    let mut rows: Vec<Box<dyn model::Controller>> =
-        vec![Box::new(keda), Box::new(ebb("ebb", args.drain_policy(None), args.ebb_hpa(true)))];
-    if let Some(t) = args.throughput_per_replica {
-        rows.push(Box::new(ebb("ebb-configured", args.drain_policy(Some(t)), args.ebb_hpa(true))));
     }
-    rows.push(Box::new(ebb("ebb-backlog", args.ebb_policy(), args.ebb_hpa(false))));
-    rows.push(Box::new(LowerBound::new(trace, &consumer)));
-    let mut policies: Vec<Outcome> =
-        rows.iter_mut().map(|c| model::run(trace, &consumer, &source, &faults, c.as_mut())).collect();
-    let floor = policies.iter().find(|p| p.policy == "lower-bound").map(|p| p.replica_seconds.max(1));
-    for p in &mut policies {
-        p.x_lower_bound = floor.map(|f| p.replica_seconds as f64 / f as f64);
+
+    /// The simulated rows, in the report's order.
+    fn controllers(&self, trace: &Trace, consumer: &Consumer) -> Vec<Box<dyn model::Controller>> {
+        let keda = KedaDefault::new(
+            self.keda_polling_interval,
+            self.keda_target,
+            self.activation_threshold,
+            self.cooldown,
+            self.max_replicas,
+        );
+        let tuned = keda.clone().with_hpa("keda-tuned", self.ebb_hpa(true));
+        let mut rows: Vec<Box<dyn model::Controller>> = vec![
+            Box::new(keda),
+            Box::new(tuned),
+            Box::new(self.ebb("ebb", self.drain_policy(None), self.ebb_hpa(true))),
+        ];
+        if let Some(t) = self.throughput_per_replica {
+            rows.push(Box::new(self.ebb("ebb-configured", self.drain_policy(Some(t)), self.ebb_hpa(true))));
+        }
+        rows.push(Box::new(self.ebb("ebb-backlog", self.ebb_policy(), self.ebb_hpa(false))));
+        rows.push(Box::new(Oracle::new(trace, consumer)));
+        rows
+    }
+}
+
+/// Replicas summed over `window`, clipped to the run.
+fn window_sum(replicas: &[u32], (start, len): (u64, u64)) -> u64 {
+    replicas.iter().skip(start as usize).take(len as usize).map(|&n| u64::from(n)).sum()
+}
+
+fn ratio(a: u64, b: Option<u64>) -> Option<f64> {
+    b.filter(|&b| b > 0).map(|b| a as f64 / b as f64)
+}
+
+/// Runs every policy over `trace`.
+pub fn simulate_trace(args: &SimulateArgs, trace: &Trace) -> Report {
+    let consumer = args.consumer();
+    let faults = model::Faults { outage: args.outage, restart_at: args.restart_at };
+    let source = Source { kind: args.source_kind, commit_interval: args.commit_interval, partitions: args.partitions };
+    let mut rows: Vec<Row> = args
+        .controllers(trace, &consumer)
+        .iter_mut()
+        .map(|c| {
+            let mut o = model::run(trace, &consumer, &source, &faults, c.as_mut());
+            o.window_replica_seconds = args.report_window.map(|w| window_sum(&o.replicas, w));
+            Row::Run(o)
+        })
+        .collect();
+    rows.push(Row::Floor(Floor {
+        policy: "floor",
+        replica_seconds: consumer.work_floor(trace, None),
+        wait_p50_s: None,
+        wait_p95_s: None,
+        wait_max_s: None,
+        x_keda_default: None,
+        x_keda_tuned: None,
+        x_floor: None,
+        window_replica_seconds: args.report_window.map(|w| consumer.work_floor(trace, Some(w))),
+    }));
+    let of = |name: &str| rows.iter().find(|r| r.policy() == name).map(Row::replica_seconds);
+    let (keda, tuned, floor) = (of("keda-default"), of("keda-tuned"), of("floor"));
+    for r in &mut rows {
+        let rs = r.replica_seconds();
+        r.set_ratios([ratio(rs, keda), ratio(rs, tuned), ratio(rs, floor)]);
     }
     Report {
         trace: trace.name.clone(),
         duration_s: trace.arrivals.len() as u64,
         messages: trace.total(),
-        work_floor_replica_seconds: (trace.total() as f64 / args.throughput).ceil() as u64,
         settings: args.settings(),
-        policies,
+        policies: rows,
     }
 }
 
 /// `ebb simulate`: prints the report (table or JSON) and writes the chart if asked.
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let trace = TraceKind::parse(&args.trace).build(args.duration, args.seed)?;
+    let trace = build_trace(args)?;
     let report = simulate_trace(args, &trace);
     if let Some(path) = &args.chart {
-        chart::write(path, &trace, &report.policies)
+        chart::write(path, &trace, &report.outcomes().cloned().collect::<Vec<_>>())
             .map_err(|e| SimulateError::Chart { path: path.display().to_string(), reason: e.to_string() })?;
     }
     if args.json {
@@ -427,29 +569,47 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map_or_else(|| "-".to_string(), f)
+}
+
 impl Report {
+    /// The simulated rows (every row but `floor`).
+    pub fn outcomes(&self) -> impl Iterator<Item = &Outcome> {
+        self.policies.iter().filter_map(|r| match r {
+            Row::Run(o) => Some(o),
+            Row::Floor(_) => None,
+        })
+    }
+
     /// The human-readable table.
     pub fn table(&self) -> String {
         let s = &self.settings;
+        let partitions = s.partitions.map(|p| format!(", {p} partitions")).unwrap_or_default();
         let mut out = format!(
-            "trace {}: {} s, {} messages; replica: {} msg/s, {} s start-up, max {}; source: {:?}; platform: {:?}; \
-             work-conserving floor {} replica-s\n\n",
+            "trace {}: {} s, {} messages ({} arrivals); replica: {} msg/s, {} s start-up, max {}; \
+             source: {:?}{partitions}; platform: {:?}\n\n",
             self.trace,
             self.duration_s,
             self.messages,
+            format!("{:?}", s.arrivals).to_lowercase(),
             s.throughput,
             s.startup_delay_s,
             s.max_replicas,
             s.source_kind,
             s.platform,
-            self.work_floor_replica_seconds
         );
+        // The window's column only when asked for.
+        let window =
+            s.report_window.map(|(a, n)| format!(" {:>16}", format!("in {a}..{} s", a + n))).unwrap_or_default();
         let _ = writeln!(
             out,
-            "{:<14} {:>14} {:>8} {:>9} {:>9} {:>9} {:>12} {:>12} {:>24}",
+            "{:<14} {:>12} {:>7} {:>7} {:>7}{window} {:>9} {:>9} {:>9} {:>12} {:>12} {:>24}",
             "policy",
             "replica-s",
-            "×lower",
+            "×keda",
+            "×tuned",
+            "×floor",
             "wait p50",
             "wait p95",
             "wait max",
@@ -457,34 +617,54 @@ impl Report {
             "scale events",
             "first replica mean/max"
         );
-        for p in &self.policies {
-            let first = match (p.first_replica_mean_s, p.first_replica_max_s) {
-                (Some(mean), Some(max)) => format!("{mean:.1} / {max} s ({}×)", p.cold_starts),
-                _ => "-".to_string(),
-            };
-            let _ = writeln!(
-                out,
-                "{:<14} {:>14} {:>8} {:>7} s {:>7} s {:>7} s {:>12} {:>12} {:>24}",
-                p.policy,
-                p.replica_seconds,
-                p.x_lower_bound.map_or("-".to_string(), |x| format!("{x:.2}")),
-                p.wait_p50_s,
-                p.wait_p95_s,
-                p.wait_max_s,
-                p.peak_backlog,
-                p.scale_events,
-                first
-            );
-            if p.unserved_at_end > 0 {
-                let _ = writeln!(out, "  ({}: {} messages still queued at the end)", p.policy, p.unserved_at_end);
-            }
-            if !p.reasons.is_empty() {
-                let r: Vec<String> = p.reasons.iter().map(|(k, n)| format!("{k} {n}")).collect();
-                let _ = writeln!(out, "  ({} at its polls, the rule that bound the count: {})", p.policy, r.join(", "));
-            }
+        for r in &self.policies {
+            out.push_str(&row_line(r, s.report_window.is_some()));
         }
         out
     }
+}
+
+/// One line of the table (and its notes).
+fn row_line(r: &Row, with_window: bool) -> String {
+    let x = |v: Option<f64>| opt(v, |x| format!("{x:.2}"));
+    let secs = |v: Option<u64>| opt(v, |w| format!("{w} s"));
+    let xs = r.ratios();
+    let window = if with_window {
+        format!(" {:>16}", opt(r.window_replica_seconds(), |w| w.to_string()))
+    } else {
+        String::new()
+    };
+    let o = match r {
+        Row::Run(o) => Some(o),
+        Row::Floor(_) => None,
+    };
+    let first = match o.map(|o| (o.first_replica_mean_s, o.first_replica_max_s, o.cold_starts)) {
+        Some((Some(mean), Some(max), n)) => format!("{mean:.1} / {max} s ({n}×)"),
+        _ => "-".to_string(),
+    };
+    let mut out = format!(
+        "{:<14} {:>12} {:>7} {:>7} {:>7}{window} {:>9} {:>9} {:>9} {:>12} {:>12} {:>24}\n",
+        r.policy(),
+        r.replica_seconds(),
+        x(xs[0]),
+        x(xs[1]),
+        x(xs[2]),
+        secs(o.map(|o| o.wait_p50_s)),
+        secs(o.map(|o| o.wait_p95_s)),
+        secs(o.map(|o| o.wait_max_s)),
+        opt(o.map(|o| o.peak_backlog), |v| v.to_string()),
+        opt(o.map(|o| o.scale_events), |v| v.to_string()),
+        first
+    );
+    let Some(o) = o else { return out };
+    if o.unserved_at_end > 0 {
+        let _ = writeln!(out, "  ({}: {} messages still queued at the end)", o.policy, o.unserved_at_end);
+    }
+    if !o.reasons.is_empty() {
+        let r: Vec<String> = o.reasons.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(out, "  ({} at its polls, the rule that bound the count: {})", o.policy, r.join(", "));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -496,7 +676,11 @@ mod tests {
     }
 
     fn by_name<'a>(r: &'a Report, name: &str) -> &'a Outcome {
-        r.policies.iter().find(|p| p.policy == name).unwrap()
+        r.outcomes().find(|p| p.policy == name).unwrap()
+    }
+
+    fn floor(r: &Report) -> u64 {
+        r.policies.iter().find(|p| p.policy() == "floor").unwrap().replica_seconds()
     }
 
     #[test]
@@ -509,7 +693,7 @@ mod tests {
     #[test]
     fn steady_trace_with_enough_capacity_has_bounded_wait() {
         let r = simulate(&SimulateArgs { duration: Some(3600), ..args("steady") }).unwrap();
-        for p in &r.policies {
+        for p in r.outcomes() {
             // 100 msg/s needs 10 replicas of 10 msg/s. Scaling on backlog saws (a drained queue
             // recommends 1 replica once the stabilization window passes, then the backlog
             // builds again), but with 100 replicas allowed no message waits minutes.
@@ -576,6 +760,9 @@ mod tests {
             (SimulateArgs { ebb_max_scale_up_step: Some(0), ..args("steady") }, "ebb-max-scale-up-step"),
             (SimulateArgs { duration: Some(0), ..args("steady") }, "duration"),
             (SimulateArgs { ebb_target: Some(f64::NAN), ..args("steady") }, "ebb-target"),
+            (SimulateArgs { partitions: Some(4), ..args("steady") }, "partitions"),
+            (SimulateArgs { partitions: Some(0), source_kind: SourceKind::Log, ..args("steady") }, "partitions"),
+            (SimulateArgs { report_window: Some((10, 0)), ..args("steady") }, "report-window"),
         ] {
             let e = simulate(&a).unwrap_err();
             assert!(e.to_string().starts_with(&format!("--{name}: ")), "{e}");
@@ -600,5 +787,126 @@ mod tests {
         assert!(svg.contains("keda-default") && svg.contains("ebb"));
         let table = r.table();
         assert!(table.contains("keda-default") && table.contains("first replica"), "{table}");
+        let floor_line = table.lines().find(|l| l.starts_with("floor ")).unwrap();
+        assert!(floor_line.contains(" - "), "no waits for the floor: {floor_line}");
+    }
+
+    /// A constant load of exactly `k` replicas' capacity.
+    fn constant_csv(dir: &std::path::Path, rate: u64, seconds: u64) -> String {
+        let csv = dir.join("constant.csv");
+        let rows: String = (0..seconds).map(|t| format!("{t},{rate}\n")).collect();
+        std::fs::write(&csv, rows).unwrap();
+        csv.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn rows_come_in_order_with_their_ratios() {
+        let a = SimulateArgs { throughput_per_replica: Some(10.0), duration: Some(3600), ..args("bursty") };
+        let r = simulate(&a).unwrap();
+        let names: Vec<&str> = r.policies.iter().map(Row::policy).collect();
+        assert_eq!(names, ["keda-default", "keda-tuned", "ebb", "ebb-configured", "ebb-backlog", "oracle", "floor"]);
+        let (keda, tuned, f) =
+            (by_name(&r, "keda-default").replica_seconds, by_name(&r, "keda-tuned").replica_seconds, floor(&r));
+        for p in &r.policies {
+            let rs = p.replica_seconds() as f64;
+            let want = [rs / keda as f64, rs / tuned as f64, rs / f as f64];
+            assert_eq!(p.ratios(), want.map(Some), "{}", p.policy());
+        }
+        // Σ arrivals ÷ 10 msg/s, rounded up, plus one replica's 20 s start-up.
+        assert_eq!(f, r.messages.div_ceil(10) + 20);
+    }
+
+    #[test]
+    fn floor_counts_slowdown_at_half_throughput_and_bottleneck_at_full() {
+        let base = SimulateArgs { duration: Some(3600), ..args("steady") };
+        let plain = floor(&simulate(&base).unwrap());
+        let slow = floor(&simulate(&SimulateArgs { slowdown: Some((0, 3600)), ..base.clone() }).unwrap());
+        let bottleneck = floor(&simulate(&SimulateArgs { bottleneck: Some((0, 3600)), ..base }).unwrap());
+        assert_eq!(slow - 20, 2 * (plain - 20));
+        assert_eq!(bottleneck, plain);
+    }
+
+    #[test]
+    fn oracle_counts_each_arrival_once_near_the_floor() {
+        // 50 msg/s is exactly 5 replicas: asking for 6 (the arrivals counted twice) would cost
+        // 20 % over the floor.
+        let dir = tempfile::tempdir().unwrap();
+        for kind in [SourceKind::Queue, SourceKind::Log] {
+            let a = SimulateArgs { source_kind: kind, ..args(&constant_csv(dir.path(), 50, 3600)) };
+            let r = simulate(&a).unwrap();
+            let (oracle, f) = (by_name(&r, "oracle"), floor(&r));
+            assert!(oracle.replica_seconds as f64 <= 1.03 * f as f64, "{kind:?}: {} vs {f}", oracle.replica_seconds);
+            assert!(oracle.replicas[600..].iter().all(|&n| n == 5), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn oracle_sees_the_true_queue_not_the_lag() {
+        // A log's lag holds up to 30 s of processed but uncommitted messages; the oracle is
+        // shown the model's queue, which is the same whatever the source kind.
+        let a = SimulateArgs { duration: Some(3600), ..args("bursty") };
+        let queue = simulate(&a).unwrap();
+        let log = simulate(&SimulateArgs { source_kind: SourceKind::Log, commit_interval: 30, ..a }).unwrap();
+        assert_eq!(by_name(&queue, "oracle").replicas, by_name(&log, "oracle").replicas);
+        assert_ne!(by_name(&queue, "keda-default").replicas, by_name(&log, "keda-default").replicas);
+    }
+
+    #[test]
+    fn keda_tuned_differs_from_keda_default_only_in_the_hpa() {
+        // On Container Apps the HPA cannot be tuned: the rows are the same.
+        let a = SimulateArgs { duration: Some(3600), ..args("spike-then-idle") };
+        let aca = simulate(&SimulateArgs { platform: Platform::Aca, ..a.clone() }).unwrap();
+        let (d, t) = (by_name(&aca, "keda-default"), by_name(&aca, "keda-tuned"));
+        assert_eq!((&d.replicas, &d.backlog), (&t.replicas, &t.backlog));
+        // On AKS the same activation (KEDA's 30 s poll to one replica), then another HPA.
+        let aks = simulate(&a).unwrap();
+        let (d, t) = (by_name(&aks, "keda-default"), by_name(&aks, "keda-tuned"));
+        assert_eq!((d.cold_starts, d.first_replica_max_s), (t.cold_starts, t.first_replica_max_s));
+        // KEDA activates at its 630 s poll; the HPA (15 s period, offset 7) first syncs at 637 s.
+        let first_sync = 637;
+        assert_eq!(d.replicas[..first_sync as usize], t.replicas[..first_sync as usize]);
+        assert_ne!(d.replicas, t.replicas);
+    }
+
+    #[test]
+    fn partitions_cap_every_count_and_the_capacity() {
+        // 100 msg/s needs 10 replicas; 4 partitions let 4 work.
+        let a =
+            SimulateArgs { partitions: Some(4), source_kind: SourceKind::Log, duration: Some(3600), ..args("steady") };
+        let r = simulate(&a).unwrap();
+        for p in r.outcomes().filter(|p| p.policy != "ebb-backlog") {
+            assert!(p.replicas.iter().all(|&n| n <= 4), "{}: {:?}", p.policy, p.replicas.iter().max());
+            assert!(p.replicas.contains(&4), "{}", p.policy);
+        }
+        let c = a.consumer();
+        assert_eq!((c.capacity(0, 3, None), c.capacity(0, 4, None), c.capacity(0, 40, None)), (30.0, 40.0, 40.0));
+        // At 40 msg/s of 100 the backlog only grows.
+        let oracle = by_name(&r, "oracle");
+        assert!(oracle.unserved_at_end >= 3000 * 60, "{}", oracle.unserved_at_end);
+    }
+
+    #[test]
+    fn poisson_arrivals_are_seeded() {
+        let a = SimulateArgs { arrivals: Arrivals::Poisson, ..args("steady") };
+        let (r1, r2) = (simulate(&a).unwrap(), simulate(&a).unwrap());
+        assert_eq!(r1.policies, r2.policies);
+        let other = simulate(&SimulateArgs { seed: 7, ..a.clone() }).unwrap();
+        assert_ne!(r1.messages, other.messages);
+        let plain = simulate(&SimulateArgs { arrivals: Arrivals::Trace, ..a }).unwrap();
+        assert!((r1.messages as f64 / plain.messages as f64 - 1.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn report_window_sums_each_rows_replicas_in_it() {
+        let a = SimulateArgs { report_window: Some((600, 600)), duration: Some(3600), ..args("spike-then-idle") };
+        let r = simulate(&a).unwrap();
+        for p in r.outcomes() {
+            let want: u64 = p.replicas[600..1200].iter().map(|&n| u64::from(n)).sum();
+            assert_eq!(p.window_replica_seconds, Some(want), "{}", p.policy);
+        }
+        let whole = simulate(&SimulateArgs { report_window: Some((0, 99_999)), ..a }).unwrap();
+        for p in whole.outcomes() {
+            assert_eq!(p.window_replica_seconds, Some(p.replica_seconds), "clipped to the run: {}", p.policy);
+        }
     }
 }

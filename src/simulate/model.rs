@@ -36,6 +36,8 @@ pub struct Seen {
     pub arrivals: Option<u64>,
     /// Cumulative committed (processed as of the last commit), for a log.
     pub committed: Option<u64>,
+    /// The topic's partition count, for a log with `--partitions`.
+    pub partitions: Option<u32>,
 }
 
 /// The consumer being scaled.
@@ -52,6 +54,51 @@ pub struct Consumer {
     /// `(start, seconds)`: a shared bottleneck caps the consumers' total throughput at half
     /// the trace's mean arrival rate over that time, whatever the replica count.
     pub bottleneck: Option<(u64, u64)>,
+    /// A log's partition count: consumers beyond it sit idle.
+    pub partitions: Option<u32>,
+}
+
+impl Consumer {
+    /// Messages one replica processes per second at `now` (half during a slowdown).
+    pub fn throughput_at(&self, now: u64) -> f64 {
+        if within(self.slowdown, now) { 0.5 * self.throughput } else { self.throughput }
+    }
+
+    /// What `ready` replicas process at `now`: at most one consumer per partition works, and a
+    /// bottleneck caps the total at `bottleneck_cap`.
+    pub fn capacity(&self, now: u64, ready: u32, bottleneck_cap: Option<f64>) -> f64 {
+        let working = self.partitions.map_or(ready, |p| ready.min(p));
+        let c = f64::from(working) * self.throughput_at(now);
+        if within(self.bottleneck, now) { c.min(bottleneck_cap.unwrap_or(f64::INFINITY)) } else { c }
+    }
+
+    /// The bottleneck's total throughput: half the trace's mean arrival rate over its window.
+    pub fn bottleneck_cap(&self, trace: &Trace) -> Option<f64> {
+        self.bottleneck.map(|(start, n)| {
+            let seen = trace.arrivals.iter().skip(start as usize).take(n as usize);
+            0.5 * seen.sum::<u64>() as f64 / n.max(1) as f64
+        })
+    }
+
+    /// The work-conserving floor in replica-seconds: each second's arrivals ÷ the per-replica
+    /// throughput then (a bottleneck is not counted: more replicas do not help), plus one
+    /// replica's start-up when there is any work; over `window` only the work, no start-up.
+    pub fn work_floor(&self, trace: &Trace, window: Option<(u64, u64)>) -> u64 {
+        let (start, len) = window.unwrap_or((0, trace.arrivals.len() as u64));
+        let seconds = trace.arrivals.iter().enumerate().skip(start as usize).take(len as usize);
+        let work: f64 = seconds.map(|(t, &a)| a as f64 / self.throughput_at(t as u64)).sum();
+        let startup = if window.is_none() && trace.total() > 0 { self.startup_delay } else { 0 };
+        work.ceil() as u64 + startup
+    }
+}
+
+/// The lag a Kafka scaler reports (KEDA's and ebb's alike): without `allowIdleConsumers` it is
+/// capped at `partitions × threshold`, so the HPA never asks more consumers than partitions.
+pub fn kafka_metric(lag: f64, partitions: Option<u32>, threshold: f64) -> f64 {
+    match partitions {
+        Some(p) if (lag / threshold).floor() > f64::from(p) => f64::from(p) * threshold,
+        _ => lag,
+    }
 }
 
 /// What goes wrong during a run, to see that no policy runs away or starves.
@@ -223,6 +270,11 @@ impl KedaLoop {
 /// source shows then.
 pub trait Controller {
     fn name(&self) -> &'static str;
+    /// Whether [`run`] shows this controller the true queue rather than what the source shows:
+    /// only the oracle may.
+    fn foresight(&self) -> bool {
+        false
+    }
     fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment);
     /// A restart of the controller's process (ebb: its history is gone).
     fn restart(&mut self) {}
@@ -237,6 +289,7 @@ pub trait Controller {
 /// reading the backlog from the source at each sync.
 #[derive(Debug, Clone)]
 pub struct KedaDefault {
+    pub name: &'static str,
     pub polling_interval: u64,
     pub target: f64,
     pub activation_threshold: f64,
@@ -253,6 +306,7 @@ impl KedaDefault {
         max_replicas: u32,
     ) -> Self {
         Self {
+            name: "keda-default",
             polling_interval,
             target,
             activation_threshold,
@@ -260,20 +314,27 @@ impl KedaDefault {
             hpa: Hpa::new(max_replicas, 300),
         }
     }
+
+    /// The same KEDA loop behind another HPA `behavior` (`keda-tuned`: ebb's).
+    pub fn with_hpa(self, name: &'static str, hpa: Hpa) -> Self {
+        Self { name, hpa, ..self }
+    }
 }
 
 impl Controller for KedaDefault {
     fn name(&self) -> &'static str {
-        "keda-default"
+        self.name
     }
 
     fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment) {
         let backlog = seen.backlog;
+        // Activation reads the whole lag; only the HPA's metric is capped.
         if now.is_multiple_of(self.polling_interval) {
             self.keda.handle(now, backlog as f64 > self.activation_threshold, dep);
         }
         if dep.replicas >= 1 && self.hpa.due(now) {
-            let n = self.hpa.sync(now, backlog as f64, self.target, dep.replicas);
+            let metric = kafka_metric(backlog as f64, seen.partitions, self.target);
+            let n = self.hpa.sync(now, metric, self.target, dep.replicas);
             dep.scale(now, n);
         }
     }
@@ -375,13 +436,15 @@ impl Controller for Ebb {
 
     fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment) {
         if now.is_multiple_of(self.polling_interval) {
-            let metric = seen.backlog as f64;
-            let eval = Evaluation { metric, active: metric > self.activation_threshold };
+            let backlog = seen.backlog as f64;
+            // ebb's Kafka scaler caps its metric as KEDA's does and reports the partition count.
+            let metric = kafka_metric(backlog, seen.partitions, self.policy.target);
+            let eval = Evaluation { metric, active: backlog > self.activation_threshold };
             let at = self.at(now);
             let counters = Counters {
                 arrivals: seen.arrivals.map(|n| n as f64),
                 processed: seen.committed.map(|n| n as f64),
-                max_consumers: None,
+                max_consumers: seen.partitions,
                 arrival_rate: None,
             };
             let ready = self.read_ready.then(|| dep.ready(now));
@@ -405,50 +468,67 @@ impl Controller for Ebb {
     }
 }
 
-/// The lower bound: perfect foresight. At each second it asks for
-/// `ceil((λ + B / 10 s) / μ)` replicas, with `λ` the arrival rate one start-up delay ahead (the
-/// trace's mean over a minute around that time, so they are ready when the work comes) and `B`
-/// the backlog now. No controller that reads the source can know `λ` ahead.
+/// Seconds over which the oracle plans to drain the work already waiting.
+pub const ORACLE_DRAIN_S: f64 = 10.0;
+
+/// The oracle: perfect foresight of the arrivals and of the true queue (the model's own, not a
+/// log's lag, which also holds processed but uncommitted messages). A replica asked for now
+/// works from one start-up delay ahead, so at each second it asks for
+/// `ceil((λ + max(0, Q − a) / 10 s) / μ)` replicas: `λ` the trace's mean rate over a minute
+/// around `now + start-up`, `Q` the true queue now, which already holds this second's arrivals
+/// `a`, so only the work carried from earlier seconds is drained on top of `λ` (each arrival
+/// counts once), and `μ` the per-replica throughput then. A bottleneck caps the useful total
+/// at its throughput; never more than the partitions or `maxReplicaCount`.
 #[derive(Debug, Clone)]
-pub struct LowerBound {
+pub struct Oracle {
     rate: Vec<f64>,
-    throughput: f64,
-    max: u32,
-    startup: u64,
+    arrivals: Vec<u64>,
+    consumer: Consumer,
+    bottleneck_cap: Option<f64>,
 }
 
-impl LowerBound {
+impl Oracle {
     pub fn new(trace: &Trace, consumer: &Consumer) -> Self {
         let a = &trace.arrivals;
         let mut prefix = vec![0u64; a.len() + 1];
         for (i, &n) in a.iter().enumerate() {
             prefix[i + 1] = prefix[i] + n;
         }
-        let need = (0..a.len())
+        let rate = (0..a.len())
             .map(|t| {
                 let (lo, hi) = (t.saturating_sub(30), (t + 30).min(a.len()));
                 (prefix[hi] - prefix[lo]) as f64 / (hi - lo).max(1) as f64
             })
             .collect();
-        Self {
-            rate: need,
-            throughput: consumer.throughput,
-            max: consumer.max_replicas,
-            startup: consumer.startup_delay,
+        Self { rate, arrivals: a.clone(), consumer: consumer.clone(), bottleneck_cap: consumer.bottleneck_cap(trace) }
+    }
+
+    /// Replicas to ask for at `now` with the true queue `queue`.
+    fn want(&self, now: u64, queue: u64) -> u32 {
+        let ahead = now + self.consumer.startup_delay;
+        let rate = self.rate.get(ahead as usize).or(self.rate.last()).copied().unwrap_or(0.0);
+        let carried = queue.saturating_sub(self.arrivals.get(now as usize).copied().unwrap_or(0));
+        let mut work = rate + carried as f64 / ORACLE_DRAIN_S;
+        if within(self.consumer.bottleneck, ahead) {
+            work = work.min(self.bottleneck_cap.unwrap_or(f64::INFINITY));
         }
+        let n = (work / self.consumer.throughput_at(ahead)).ceil() as u32;
+        let max = self.consumer.partitions.map_or(self.consumer.max_replicas, |p| p.min(self.consumer.max_replicas));
+        n.min(max)
     }
 }
 
-impl Controller for LowerBound {
+impl Controller for Oracle {
     fn name(&self) -> &'static str {
-        "lower-bound"
+        "oracle"
+    }
+
+    fn foresight(&self) -> bool {
+        true
     }
 
     fn tick(&mut self, now: u64, seen: &Seen, dep: &mut Deployment) {
-        let ahead = (now + self.startup) as usize;
-        let rate = self.rate.get(ahead).or(self.rate.last()).copied().unwrap_or(0.0);
-        let n = ((rate + seen.backlog as f64 / 10.0) / self.throughput).ceil() as u32;
-        dep.scale(now, n.min(self.max));
+        dep.scale(now, self.want(now, seen.backlog));
     }
 }
 
@@ -523,8 +603,13 @@ pub struct Outcome {
     /// How often each rule bound ebb's decision at its polls (empty for the other policies).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<(String, u32)>,
-    /// `replica_seconds` over the `lower-bound` row's, set by the report.
-    pub x_lower_bound: Option<f64>,
+    /// `replica_seconds` over the `keda-default`, `keda-tuned` and `floor` rows', set by the
+    /// report.
+    pub x_keda_default: Option<f64>,
+    pub x_keda_tuned: Option<f64>,
+    pub x_floor: Option<f64>,
+    /// Replica-seconds within `--report-window`, set by the report.
+    pub window_replica_seconds: Option<u64>,
     #[serde(skip)]
     pub backlog: Vec<u64>,
     #[serde(skip)]
@@ -537,6 +622,23 @@ pub struct Source {
     pub kind: SourceKind,
     /// Seconds between consumer commits (a log's committed offsets move only then).
     pub commit_interval: u64,
+    /// A log's partition count, which its scalers read.
+    pub partitions: Option<u32>,
+}
+
+impl Source {
+    /// What a scaler of this source reads; `queue` is the true queue's length.
+    fn seen(&self, queue: u64, arrived: u64, committed: u64) -> Seen {
+        match self.kind {
+            SourceKind::Queue => Seen { backlog: queue, arrivals: None, committed: None, partitions: None },
+            SourceKind::Log => Seen {
+                backlog: arrived - committed,
+                arrivals: Some(arrived),
+                committed: Some(committed),
+                partitions: self.partitions,
+            },
+        }
+    }
 }
 
 /// Runs `controller` over `trace`, starting idle at zero replicas.
@@ -555,10 +657,7 @@ pub fn run(
     let mut cold_since: Option<u64> = None;
     let mut cold: Vec<u64> = Vec::new();
     let (mut arrived, mut processed, mut committed) = (0u64, 0u64, 0u64);
-    let bottleneck_cap = consumer.bottleneck.map(|(start, n)| {
-        let seen = trace.arrivals.iter().skip(start as usize).take(n as usize);
-        0.5 * seen.sum::<u64>() as f64 / n.max(1) as f64
-    });
+    let bottleneck_cap = consumer.bottleneck_cap(trace);
     for (t, &arrivals) in trace.arrivals.iter().enumerate() {
         let now = t as u64;
         queue.push(now, arrivals);
@@ -566,11 +665,16 @@ pub fn run(
         if now.is_multiple_of(source.commit_interval.max(1)) {
             committed = processed;
         }
-        let seen = match source.kind {
-            SourceKind::Queue => Seen { backlog: queue.len, arrivals: None, committed: None },
-            SourceKind::Log => {
-                Seen { backlog: arrived - committed, arrivals: Some(arrived), committed: Some(committed) }
+        // The oracle sees the true queue: every processed message as if committed.
+        let seen = if controller.foresight() {
+            Seen {
+                backlog: queue.len,
+                arrivals: Some(arrived),
+                committed: Some(processed),
+                partitions: source.partitions,
             }
+        } else {
+            source.seen(queue.len, arrived, committed)
         };
         if faults.restart_at == Some(now) {
             controller.restart();
@@ -591,12 +695,7 @@ pub fn run(
         }
         peak = peak.max(queue.len);
         backlog.push(queue.len);
-        let speed = if within(consumer.slowdown, now) { 0.5 } else { 1.0 };
-        let mut capacity = f64::from(ready) * consumer.throughput * speed;
-        if within(consumer.bottleneck, now) {
-            capacity = capacity.min(bottleneck_cap.unwrap_or(f64::INFINITY));
-        }
-        processed += queue.serve(now, capacity);
+        processed += queue.serve(now, consumer.capacity(now, ready, bottleneck_cap));
         replica_seconds += u64::from(dep.replicas);
         replicas.push(dep.replicas);
     }
@@ -619,7 +718,10 @@ pub fn run(
         first_replica_max_s: cold.iter().copied().max(),
         unserved_at_end: queue.len,
         reasons: controller.reasons(),
-        x_lower_bound: None,
+        x_keda_default: None,
+        x_keda_tuned: None,
+        x_floor: None,
+        window_replica_seconds: None,
         backlog,
         replicas,
     }

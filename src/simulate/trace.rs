@@ -90,6 +90,51 @@ impl TraceKind {
     }
 }
 
+/// How each second's arrivals come from the trace (`--arrivals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arrivals {
+    /// The trace's counts as they are.
+    Trace,
+    /// Poisson draws with the trace's count as the mean, so a load exactly at some replicas'
+    /// capacity still queues at times.
+    Poisson,
+}
+
+/// `trace` with each second's count replaced by a Poisson draw of that mean, from `seed`.
+pub fn poisson(trace: &Trace, seed: u64) -> Trace {
+    // Another stream than the built-in traces' noise, which uses `seed` itself.
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let arrivals = trace.arrivals.iter().map(|&mean| poisson_draw(&mut rng, mean as f64)).collect();
+    Trace { name: trace.name.clone(), arrivals }
+}
+
+/// Knuth's method for small means; above 50 the normal approximation, rounded and never
+/// negative (Knuth's loop grows with the mean and `e^-mean` underflows).
+fn poisson_draw(rng: &mut fastrand::Rng, mean: f64) -> u64 {
+    if mean <= 0.0 {
+        return 0;
+    }
+    if mean > 50.0 {
+        return (mean + mean.sqrt() * standard_normal(rng)).round().max(0.0) as u64;
+    }
+    let limit = (-mean).exp();
+    let (mut k, mut p) = (0u64, 1.0);
+    loop {
+        p *= rng.f64();
+        if p <= limit {
+            return k;
+        }
+        k += 1;
+    }
+}
+
+/// Box–Muller.
+fn standard_normal(rng: &mut fastrand::Rng) -> f64 {
+    let u = 1.0 - rng.f64(); // in (0, 1]: ln(0) is not finite
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * rng.f64()).cos()
+}
+
 /// `rate × U(0.9, 1.1)`, rounded up or down at random in proportion, so the mean is `rate`.
 fn noisy(rng: &mut fastrand::Rng, rate: f64) -> u64 {
     let x = rate * (0.9 + 0.2 * rng.f64());
@@ -228,6 +273,22 @@ mod tests {
             let msg = e.to_string();
             assert!(msg.contains(&format!("t.csv: line {line}: ")) && msg.contains(needle), "{msg}");
         }
+    }
+
+    #[test]
+    fn poisson_arrivals_are_seeded_and_keep_the_mean() {
+        // Means on both sides of the sampler's switch at 50.
+        for mean in [3u64, 10, 49, 51, 200] {
+            let t = Trace { name: "c".into(), arrivals: vec![mean; 20_000] };
+            let a = poisson(&t, 1);
+            assert_eq!(a, poisson(&t, 1), "same seed, same draws");
+            assert_ne!(a, poisson(&t, 2), "another seed, other draws");
+            let got = a.total() as f64 / 20_000.0;
+            assert!((got / mean as f64 - 1.0).abs() < 0.03, "mean {mean}: {got}");
+            assert!(a.arrivals.iter().any(|&n| n != mean), "not the trace itself");
+        }
+        let idle = Trace { name: "z".into(), arrivals: vec![0; 100] };
+        assert_eq!(poisson(&idle, 1).total(), 0);
     }
 
     #[test]
