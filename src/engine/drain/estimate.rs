@@ -117,7 +117,7 @@ pub(super) fn ready_range(
 /// How long the best saturated throughput is remembered: a slowdown or a bottleneck that ended
 /// must leave no trace, and once the consumers are over-provisioned they never saturate again
 /// to say so.
-const BEST_MEMORY: Duration = Duration::from_secs(2 * 3600);
+const BEST_MEMORY: Duration = Duration::from_secs(6 * 3600);
 /// After a saturated sample below the best remembered one (a slowdown, a bottleneck), the
 /// probe stays near it for this long, then its ceiling doubles every this long up to the best.
 /// Past the best it never lifts on its own: each probe past the true capacity cost waits that
@@ -131,7 +131,8 @@ pub(super) struct Throughput {
     mu: Option<f64>,
     /// The throughput measured the last time the consumers were saturated, and when.
     saturated: Option<(Instant, f64)>,
-    /// The highest saturated throughput within [`BEST_MEMORY`], and when.
+    /// The highest saturated throughput within [`BEST_MEMORY`] (refreshed by samples within
+    /// 10 % of it), and when.
     best: Option<(Instant, f64)>,
 }
 
@@ -159,9 +160,12 @@ impl Throughput {
             // Saturated: the processing rate is the capacity; move towards it, ±20 % a step.
             (Some(sample), _, mu) => {
                 self.saturated = Some((now, sample));
-                if self.best.is_none_or(|(_, b)| sample >= b) {
-                    self.best = Some((now, sample));
-                }
+                self.best = match self.best {
+                    Some((_, b)) if sample < 0.9 * b => self.best,
+                    // Near the best again: the capacity is still that, remember it longer.
+                    Some((_, b)) => Some((now, b.max(sample))),
+                    None => Some((now, sample)),
+                };
                 Some(mu.map_or(sample, |m| (0.7 * m + 0.3 * sample).clamp(m * 0.8, m * 1.2)))
             }
             // Keeping up: the processing rate only bounds the capacity from below, so probe
