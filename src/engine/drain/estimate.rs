@@ -114,7 +114,7 @@ pub(super) fn ready_range(
     })
 }
 
-/// How long the best saturated throughput is remembered: a slowdown or a bottleneck that ended
+/// How long the best throughput seen is remembered: a slowdown or a bottleneck that ended
 /// must leave no trace, and once the consumers are over-provisioned they never saturate again
 /// to say so.
 const BEST_MEMORY: Duration = Duration::from_secs(6 * 3600);
@@ -131,8 +131,8 @@ pub(super) struct Throughput {
     mu: Option<f64>,
     /// The throughput measured the last time the consumers were saturated, and when.
     saturated: Option<(Instant, f64)>,
-    /// The highest saturated throughput within [`BEST_MEMORY`] (refreshed by samples within
-    /// 10 % of it), and when.
+    /// The highest throughput seen within [`BEST_MEMORY`], saturated or as a lower bound
+    /// (refreshed by samples within 10 % of it), and when.
     best: Option<(Instant, f64)>,
 }
 
@@ -156,16 +156,20 @@ impl Throughput {
         if self.best.is_some_and(|(t, _)| now.saturating_duration_since(t) > BEST_MEMORY) {
             self.best = None;
         }
+        // What the consumers were seen to do at best, saturated or not (a lower bound is one
+        // too): the recovery target once a slowdown ends.
+        if let Some(seen) = ev.saturated.into_iter().chain(ev.lower_bound).reduce(f64::max) {
+            self.best = match self.best {
+                Some((_, b)) if seen < 0.9 * b => self.best,
+                // Near the best again: the capacity is still that, remember it longer.
+                Some((_, b)) => Some((now, b.max(seen))),
+                None => Some((now, seen)),
+            };
+        }
         self.mu = match (ev.saturated, ev.lower_bound, self.mu) {
             // Saturated: the processing rate is the capacity; move towards it, ±20 % a step.
             (Some(sample), _, mu) => {
                 self.saturated = Some((now, sample));
-                self.best = match self.best {
-                    Some((_, b)) if sample < 0.9 * b => self.best,
-                    // Near the best again: the capacity is still that, remember it longer.
-                    Some((_, b)) => Some((now, b.max(sample))),
-                    None => Some((now, sample)),
-                };
                 Some(mu.map_or(sample, |m| (0.7 * m + 0.3 * sample).clamp(m * 0.8, m * 1.2)))
             }
             // Keeping up: the processing rate only bounds the capacity from below, so probe
