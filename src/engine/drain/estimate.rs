@@ -143,6 +143,9 @@ pub(super) struct Evidence {
     pub saturated: Option<f64>,
     /// What they did, per the most replicas that may have been ready: a lower bound.
     pub lower_bound: Option<f64>,
+    /// The count held through the window (and its pods were ready): the lower bound is not
+    /// biased by pods still starting, and may start an estimate.
+    pub held: bool,
 }
 
 impl Throughput {
@@ -176,8 +179,8 @@ impl Throughput {
             // upwards (5 % a poll) within a ceiling: twice what a replica was seen to do, or
             // near what it did when last saturated.
             (None, Some(sample), Some(m)) => Some(m.max(sample).max((m * 1.05).min(self.ceiling(sample, now)))),
-            (None, Some(sample), None) => Some(sample),
-            (None, None, mu) => mu,
+            (None, Some(sample), None) if ev.held => Some(sample),
+            (None, _, mu) => mu,
         };
     }
 

@@ -412,8 +412,19 @@ impl DrainState {
             .zip(ready_range(&self.ring, &self.asked, cfg.startup, BEHIND + v.commit_interval))
             .filter(|&(p, (lo, hi))| p > 0.0 && lo > 0 && f64::from(hi) <= 1.25 * f64::from(lo))
             .map(|(p, (lo, hi))| p / ((f64::from(lo) + f64::from(hi)) / 2.0));
-        let saturated_sample = behind.or(learned.filter(|_| held && saturated(&self.ring, window, waiting)));
-        Evidence { saturated: saturated_sample, lower_bound: learned }
+        // Draining: work waited at every poll of a short window with the same replicas ready
+        // (a burst's backlog being worked off): what they did then is their capacity. A spike
+        // that is over in two minutes gives no long window.
+        let span = BEHIND + v.commit_interval;
+        let draining = rate(&self.ring, span, |x| x.processed)
+            .filter(|&p| v.full && p > 0.0 && saturated(&self.ring, span, p * secs(WAITING + v.commit_interval)))
+            .zip(ready_range(&self.ring, &self.asked, cfg.startup, span))
+            .zip(ready_range(&self.ring, &self.asked, Duration::ZERO, span))
+            .filter(|&((_, (lo, hi)), (_, most))| lo > 0 && lo == hi && hi == most)
+            .map(|((p, (_, hi)), _)| p / f64::from(hi));
+        let saturated_sample =
+            behind.or(draining).or(learned.filter(|_| held && saturated(&self.ring, window, waiting)));
+        Evidence { saturated: saturated_sample, lower_bound: learned, held }
     }
 
     /// `λ` over `w`: measured by the source, from its arrivals counter, or from the backlog.
