@@ -154,6 +154,11 @@ impl Throughput {
         self.mu
     }
 
+    /// Measured at saturation at least once.
+    pub fn confirmed(&self) -> bool {
+        self.saturated.is_some()
+    }
+
     /// Folds one poll's evidence in.
     pub fn update(&mut self, ev: Evidence, now: Instant) {
         if self.best.is_some_and(|(t, _)| now.saturating_duration_since(t) > BEST_MEMORY) {

@@ -372,9 +372,13 @@ impl DrainState {
             None => {
                 self.mu.update(self.evidence(cfg, &v), s.at);
                 let guess = (bounds.target / secs(THRESHOLD_SECONDS)).max(f64::MIN_POSITIVE);
-                // Measured once the processing counter showed anything: a lower bound sizes
-                // conservatively; only a guess is bounded by the backlog rule.
-                self.mu.get().map_or((guess, false), |m| (m, true))
+                // Measured: seen at saturation, or a lower bound above the guess (which proves
+                // the guess low). A lower bound under the guess says nothing new: the guess
+                // stands, bounded by the backlog rule.
+                match self.mu.get() {
+                    Some(m) if self.mu.confirmed() || m > guess => (m, true),
+                    _ => (guess, false),
+                }
             }
         };
         (v.l_short, v.l_long) = (self.arrival_rate(cfg, s, &v, cfg.short), self.arrival_rate(cfg, s, &v, cfg.long));
@@ -395,7 +399,7 @@ impl DrainState {
             .map(|(_, hi)| p / f64::from(hi));
         // Held only when the count held for twice startupSeconds before the window too: pods
         // slower to start than that setting made a sample look saturated, and it capped μ̂.
-        let held = ready_range(&self.ring, &self.asked, cfg.startup * 2, cfg.long).is_some_and(|(lo, hi)| lo == hi);
+        let held = ready_range(&self.ring, &self.asked, cfg.startup * 2, cfg.long).is_some_and(|(lo, hi)| lo > 0 && lo == hi);
         // Waiting all along: even the lag just after each commit held more than WAITING's work.
         let (window, waiting) = if v.commit_interval + COMMIT_INTERVAL <= cfg.long {
             (cfg.long, p * secs(WAITING + v.commit_interval.min(COMMIT_INTERVAL)))
