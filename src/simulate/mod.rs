@@ -909,4 +909,38 @@ mod tests {
             assert_eq!(p.window_replica_seconds, Some(p.replica_seconds), "clipped to the run: {}", p.policy);
         }
     }
+
+    /// Issue 23's bill, cell by cell where `policy: drain` once cost 2–5× KEDA's default: a
+    /// queue with KEDA's Service Bus threshold (5) or 10, and no throughput given. The bar: at
+    /// most 1.05 × keda-default's replica-seconds, p95 wait at most max(1.25 × KEDA's, + 5 s).
+    #[test]
+    fn a_queue_without_a_throughput_never_costs_more_than_keda() {
+        for (trace, target) in [("steady", 5.0), ("steady", 10.0), ("bursty", 5.0), ("bursty", 10.0)] {
+            let a = SimulateArgs { keda_target: target, source_kind: SourceKind::Queue, ..args(trace) };
+            let r = simulate(&a).unwrap();
+            let (k, e) = (by_name(&r, "keda-default"), by_name(&r, "ebb"));
+            let cost = e.replica_seconds as f64 / k.replica_seconds as f64;
+            assert!(cost <= 1.05, "{trace}, threshold {target}: {cost:.2} × keda-default");
+            let p95 = (1.25 * k.wait_p95_s as f64).max(k.wait_p95_s as f64 + 5.0);
+            assert!(e.wait_p95_s as f64 <= p95, "{trace}, threshold {target}: p95 {} vs {}", e.wait_p95_s, k.wait_p95_s);
+        }
+    }
+
+    /// Issue 23: after a 10-minute slowdown (or a bottleneck) on a log, the hour that follows
+    /// costs at most 1.15 × the same hour without it (it once cost 1.9–2.4×: the throughput
+    /// learned while it lasted capped the estimate for good).
+    #[test]
+    fn a_fault_that_ended_leaves_no_trace_an_hour_later() {
+        let base =
+            SimulateArgs { source_kind: SourceKind::Log, report_window: Some((4_800, 2_400)), ..args("steady") };
+        let window = |a: &SimulateArgs| by_name(&simulate(a).unwrap(), "ebb").window_replica_seconds.unwrap();
+        let without = window(&base);
+        for fault in [
+            SimulateArgs { slowdown: Some((3_000, 600)), ..base.clone() },
+            SimulateArgs { bottleneck: Some((3_000, 600)), ..base.clone() },
+        ] {
+            let ratio = window(&fault) as f64 / without as f64;
+            assert!(ratio <= 1.15, "{:?} {:?}: {ratio:.2} × the same window without it", fault.slowdown, fault.bottleneck);
+        }
+    }
 }

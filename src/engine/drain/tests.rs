@@ -64,8 +64,11 @@ fn check(steps: &[Step], cfg: &DrainConfig, b: &Bounds, counters: bool, ready: b
     let mut last_increase: Option<Instant> = None;
     let mut last_change: Option<Instant> = None;
     let first = t0;
+    let mut keda: Vec<(Instant, u32)> = Vec::new();
     for (st, &(sample, arrived)) in steps.iter().zip(&polls) {
         let at = sample.at;
+        let floor = b.min.max(1).min(b.max);
+        keda.push((at, ((f64::from(st.backlog) / b.target).ceil() as u32).clamp(floor, b.max)));
         if st.backlog > 0 || arrived {
             last_work = Some(at);
         }
@@ -85,6 +88,14 @@ fn check(steps: &[Step], cfg: &DrainConfig, b: &Bounds, counters: bool, ready: b
         }
         // 3. Never above maxReplicaCount.
         prop_assert!(d <= b.max);
+        // 9. Without a throughput given or measured, never more than KEDA's backlog rule:
+        // the highest ceil(backlog / threshold) within its window (issue 23: a guess once cost
+        // 4× KEDA at threshold 5).
+        if cfg.throughput.is_none() && !counters {
+            let start = at.checked_sub(b.stabilization);
+            let bound = keda.iter().filter(|(t, _)| start.is_none_or(|w| *t >= w)).map(|&(_, r)| r).max().unwrap_or(0);
+            prop_assert!(d <= bound, "{d} above the backlog rule's {bound}");
+        }
         if let Some(p) = prev {
             // 4. Scale-up per poll bounded by maxScaleUpStep (waking from zero excepted), and
             // never past twice what the formula asks.
@@ -379,4 +390,38 @@ fn every_reason_has_a_case() {
             Reason::Ineffective => {}
         }
     }
+}
+
+/// A log idle for half an hour commits nothing: that gap is not the commit interval. Read as
+/// one, it raised the "work is waiting" bar to half an hour of processing, and the next spike's
+/// saturation went unseen (found by `ebb simulate --trace spike-then-idle --max-replicas 16`).
+#[test]
+fn an_idle_gap_is_not_a_commit_interval() {
+    let cfg = DrainConfig::default();
+    let b = bounds(0, 100, None);
+    let t0 = Instant::now();
+    let mut s = DrainState::default();
+    let mut poll = |at: u64, e: f64, c: f64| {
+        let sample = Sample {
+            at: t0 + Duration::from_secs(at),
+            backlog: e - c,
+            arrivals: Some(e),
+            processed: Some(c),
+            arrival_rate: None,
+            ready: None,
+        };
+        observe(&mut s, &cfg, &b, sample);
+    };
+    // Busy, committing every 5 s, then idle from 60 s to 1,860 s, then busy again.
+    for i in 0..12u64 {
+        poll(i * 5, 500.0 * (i + 1) as f64, 500.0 * i as f64);
+    }
+    for i in 12..372u64 {
+        poll(i * 5, 6_000.0, 6_000.0);
+    }
+    for i in 372..378u64 {
+        poll(i * 5, 6_000.0 + 500.0 * (i - 371) as f64, 6_000.0 + 500.0 * (i - 372) as f64);
+    }
+    let interval = s.commit_interval.unwrap();
+    assert!(interval <= Duration::from_secs(10), "learned {interval:?}");
 }
