@@ -146,6 +146,8 @@ pub(super) struct Evidence {
     /// The count held through the window (and its pods were ready): the lower bound is not
     /// biased by pods still starting, and may start an estimate.
     pub held: bool,
+    /// A lower bound above this (the guess it proves low) may start an estimate, held or not.
+    pub guess: f64,
 }
 
 impl Throughput {
@@ -184,7 +186,7 @@ impl Throughput {
             // upwards (5 % a poll) within a ceiling: twice what a replica was seen to do, or
             // near what it did when last saturated.
             (None, Some(sample), Some(m)) => Some(m.max(sample).max((m * 1.05).min(self.ceiling(sample, now)))),
-            (None, Some(sample), None) if ev.held => Some(sample),
+            (None, Some(sample), None) if ev.held || sample > ev.guess => Some(sample),
             (None, _, mu) => mu,
         };
     }

@@ -370,8 +370,8 @@ impl DrainState {
         (v.mu, v.measured) = match cfg.throughput {
             Some(t) => (t, true),
             None => {
-                self.mu.update(self.evidence(cfg, &v), s.at);
                 let guess = (bounds.target / secs(THRESHOLD_SECONDS)).max(f64::MIN_POSITIVE);
+                self.mu.update(Evidence { guess, ..self.evidence(cfg, &v) }, s.at);
                 // Measured: seen at saturation, or a lower bound above the guess (which proves
                 // the guess low). A lower bound under the guess says nothing new: the guess
                 // stands, bounded by the backlog rule.
@@ -428,7 +428,7 @@ impl DrainState {
             .map(|((p, (_, hi)), _)| p / f64::from(hi));
         let saturated_sample =
             behind.or(draining).or(learned.filter(|_| held && saturated(&self.ring, window, waiting)));
-        Evidence { saturated: saturated_sample, lower_bound: learned, held }
+        Evidence { saturated: saturated_sample, lower_bound: learned, held, guess: f64::INFINITY }
     }
 
     /// `λ` over `w`: measured by the source, from its arrivals counter, or from the backlog.
