@@ -380,7 +380,8 @@ impl SimulateArgs {
     }
 
     /// `policy: drain` as the ScaledObject of docs/replicas.md for the source kind sets it up: only
-    /// `policy: drain` (and `throughputPerReplica` when given); every other key at its default.
+    /// `policy: drain` (and `throughputPerReplica` when given, `scaleDownStabilizationSeconds: 0`
+    /// on Container Apps); every other key at its default.
     fn drain_policy(&self, throughput: Option<f64>) -> Policy {
         let base = crate::engine::drain::DrainConfig::default();
         // docs/replicas.md recommends drainSeconds 30 for queues: without counters, the backlog is
@@ -397,7 +398,7 @@ impl SimulateArgs {
             ..base
         };
         Policy {
-            // On Container Apps the platform's HPA holds 300 s itself (docs/container-apps.md).
+            // On Container Apps the platform's HPA holds 300 s itself (docs/replicas.md).
             scale_down_stabilization: match self.platform {
                 Platform::Aks => policy::DEFAULT_STABILIZATION,
                 Platform::Aca => Duration::ZERO,
