@@ -40,7 +40,8 @@ pub use ebb_scalers::Counters;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
     /// The value GetMetrics reports: the metric (`metric` mode) or, against a target of 1, the
-    /// desired replicas (rounded up where the HPA would ignore a small increase).
+    /// desired replicas (`policy: drain` at `maxReplicaCount`: past it, so the HPA's tolerance
+    /// cannot hold the count below it).
     pub metric: f64,
     /// What IsActive reports.
     pub active: bool,
