@@ -6,7 +6,8 @@
 #      `kafka` the Kafka lag scaler and its tests against a real broker, `integration` every
 #      test that starts a real server);
 #   3. cargo test --workspace --doc with the same features (the build of step 2 is reused);
-#   4. cargo clippy --workspace --all-targets with the same features, warnings denied.
+#   4. cargo clippy --workspace --all-targets with the same features, warnings denied;
+#   5. cargo check of the fuzz targets (fuzz/, a crate of its own).
 # Each integration test starts its own servers on loopback and stops them itself, so
 # nothing is left running. Extra arguments go to both cargo test runs (e.g. a test filter).
 # Exits non-zero if any step failed; a failed install stops at once.
@@ -44,6 +45,8 @@ features=k8s,kafka,integration
 step cargo-test cargo test --workspace --all-targets --features "$features" --no-fail-fast "$@"
 step doc-tests cargo test --workspace --doc --features "$features" "$@"
 step clippy cargo clippy --workspace --all-targets --features "$features" -- -D warnings
+# The fuzz targets are their own crate (fuzz/): nothing else builds them, so check they compile.
+step fuzz-build cargo check --manifest-path fuzz/Cargo.toml --bins --locked
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "==> FAILED: ${failed[*]} (total $((SECONDS - suite_start)) s)" >&2

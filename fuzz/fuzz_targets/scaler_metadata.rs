@@ -1,4 +1,4 @@
-//! Trigger metadata of every scaler (`ebb_scalers::registry::parse`), then ebb's own policy
+//! Trigger metadata of every scaler (`ebb_scalers::Registry::parse`), then ebb's own policy
 //! keys (`engine::policy::parse`), the way the engine parses a new trigger.
 #![no_main]
 
@@ -7,8 +7,8 @@ use std::sync::{Arc, LazyLock};
 
 use ebb::engine::policy;
 use ebb_scalers::kafka::PartitionOffsets;
-use ebb_scalers::registry::{SCALERS, SCALER_TYPE_KEY};
-use ebb_scalers::{Measurement, Metadata};
+use ebb_scalers::registry::SCALER_TYPE_KEY;
+use ebb_scalers::{Measurement, Metadata, Registry};
 use libfuzzer_sys::fuzz_target;
 
 /// Edge measurements every parsed scaler is evaluated against.
@@ -30,8 +30,10 @@ fn probes() -> Vec<Measurement> {
 }
 
 static PROBES: LazyLock<Vec<Measurement>> = LazyLock::new(probes);
+/// The built-in scalers, as `serve` registers them (default settings).
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
 
-// Input: the first byte picks `scalerType` from `SCALERS` (0xff: left to the pairs); the rest
+// Input: the first byte picks `scalerType` from the registry (0xff: left to the pairs); the rest
 // is UTF-8 `key=value` lines (split at the first `=`).
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else { return };
@@ -41,12 +43,13 @@ fuzz_target!(|data: &[u8]| {
         let (k, v) = line.split_once('=').unwrap_or((line, ""));
         map.insert(k.to_string(), v.to_string());
     }
-    let ty = (pick != 0xff).then(|| SCALERS[usize::from(pick) % SCALERS.len()].0);
+    let scalers = REGISTRY.scalers();
+    let ty = (pick != 0xff).then(|| scalers[usize::from(pick) % scalers.len()].scaler_type);
     if let Some(ty) = ty {
         map.insert(SCALER_TYPE_KEY.to_string(), ty.to_string());
     }
 
-    let scaler = match ebb_scalers::registry::parse(&map) {
+    let scaler = match REGISTRY.parse(&map) {
         Ok(s) => s,
         Err(e) => {
             assert!(!e.0.is_empty(), "an error names at least one key");

@@ -2,7 +2,8 @@
 //! the `<Detail>` of error bodies.
 #![no_main]
 
-use ebb_scalers::azure_servicebus::{element_text, parse_atom};
+use ebb_scalers::azure::xml::element_text;
+use ebb_scalers::azure_servicebus::parse_atom;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -38,12 +38,9 @@ impl Window {
     }
 
     /// How many recommendations the queue holds (at most one per distinct value).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.q.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.q.is_empty()
     }
 }
 

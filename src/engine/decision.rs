@@ -224,7 +224,7 @@ impl ReplicaRule for DrainState {
             target: policy.target,
             stabilization: policy.scale_down_stabilization,
             // Past maxReplicaCount the HPA clamps; past a partition count consumers would idle.
-            request_max: if c.max_consumers.is_some_and(|n| n <= policy.max_replicas) { 0 } else { u32::MAX },
+            may_ask_past_max: c.max_consumers.is_none_or(|n| n > policy.max_replicas),
         };
         // With both counters the backlog is their difference: the scaler's metric may be capped
         // (Kafka: partitions × lagThreshold) where the policy needs the work itself.

@@ -84,11 +84,10 @@ const TOLERANCE: f64 = 0.1;
 /// the tolerance corrects itself (the backlog grows, and the drain term with it); a partition
 /// count is never asked past (KEDA's Kafka scaler caps the same).
 pub(super) fn request(desired: u32, bounds: &Bounds) -> u32 {
-    if desired == 0 || desired < bounds.max || bounds.request_max <= desired {
+    if desired == 0 || desired < bounds.max || !bounds.may_ask_past_max {
         return desired;
     }
-    let acted_on = (f64::from(desired) * (1.0 + TOLERANCE)).floor() as u32 + 1;
-    acted_on.min(bounds.request_max)
+    (f64::from(desired) * (1.0 + TOLERANCE)).floor() as u32 + 1
 }
 
 #[cfg(test)]
@@ -96,7 +95,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn bounds(max: u32, request_max: u32) -> Bounds {
+    fn bounds(max: u32, may_ask_past_max: bool) -> Bounds {
         Bounds {
             min: 0,
             max,
@@ -104,7 +103,7 @@ mod tests {
             cooldown: Duration::from_secs(300),
             target: 50.0,
             stabilization: Duration::from_secs(300),
-            request_max,
+            may_ask_past_max,
         }
     }
 
@@ -113,11 +112,11 @@ mod tests {
     fn at_max_replica_count_the_request_clears_the_hpa_tolerance() {
         // 100 from 92 is 8.7 %: the HPA ignores it; 111 from any count ≤ 100 it does not, and
         // it clamps at its maximum (100).
-        assert_eq!(request(100, &bounds(100, u32::MAX)), 111);
+        assert_eq!(request(100, &bounds(100, true)), 111);
         // Below the maximum, as it is.
-        assert_eq!(request(92, &bounds(100, u32::MAX)), 92);
+        assert_eq!(request(92, &bounds(100, true)), 92);
         // A partition count is a hard cap: never asked past.
-        assert_eq!(request(16, &bounds(16, 16)), 16);
-        assert_eq!(request(0, &bounds(16, u32::MAX)), 0);
+        assert_eq!(request(16, &bounds(16, false)), 16);
+        assert_eq!(request(0, &bounds(16, true)), 0);
     }
 }

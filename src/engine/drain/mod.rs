@@ -4,17 +4,17 @@
 //!
 //! ```text
 //! B_proj = B + max(0, λ_up − R̂·μ̂) · startupSeconds      backlog when new pods are ready
-//! rec    = max(ceil((λ_up + B_proj / drainSeconds) / (μ̂ · targetUtilization)),
-//!              ceil(B_waiting / threshold))
+//! rec    = ceil((λ_up + B_proj / drainSeconds) / (μ̂ · targetUtilization))
 //! ```
 //!
 //! **When ebb does not know, it does what KEDA would.** Until the throughput is known, given
-//! (`throughputPerReplica`) or measured while the consumers were saturated, the count is at
+//! (`throughputPerReplica`) or measured (see `μ̂` below), the count is at
 //! most what KEDA's own loop would ask: `ceil(backlog / threshold)`, its highest over
 //! `scaleDownStabilizationSeconds` ([`Reason::Backlog`]). A guessed throughput (the threshold
 //! read as 10 s of one replica's work) may only lower that count, never raise it. The
-//! threshold is also the user's latency intent: ebb never lets more than `threshold` messages
-//! per replica wait (the second term), but holds nothing once they are gone.
+//! threshold is also the user's latency intent: a backlog of `threshold` per replica waits
+//! `threshold / μ̂`, and when that is short the backlog is drained sooner and with more
+//! headroom.
 //!
 //! Everything here is a pure function of the observations (time, backlog, and, where the source
 //! has them, cumulative arrivals `E` and processed `C`), so every ebb replica that saw the same
@@ -109,9 +109,9 @@ pub struct Bounds {
     pub target: f64,
     /// `scaleDownStabilizationSeconds`: the backlog rule's window.
     pub stabilization: Duration,
-    /// The most the value reported to the HPA may ask for: `maxReplicaCount` lets it ask past
-    /// `max` (the HPA clamps at its own maximum); a partition count does not.
-    pub request_max: u32,
+    /// `max` is `maxReplicaCount`, which the value reported to the HPA may ask past (the HPA
+    /// clamps at its own maximum); a partition count is never asked past.
+    pub may_ask_past_max: bool,
 }
 
 /// One poll, as the policy sees it.
@@ -371,7 +371,7 @@ impl DrainState {
             Some(t) => (t, true),
             None => {
                 let guess = (bounds.target / secs(THRESHOLD_SECONDS)).max(f64::MIN_POSITIVE);
-                self.mu.update(Evidence { guess, ..self.evidence(cfg, &v) }, s.at);
+                self.mu.update(self.evidence(cfg, &v, guess), s.at);
                 // Measured: seen at saturation, or a lower bound above the guess (which proves
                 // the guess low). A lower bound under the guess says nothing new: the guess
                 // stands, bounded by the backlog rule.
@@ -386,7 +386,7 @@ impl DrainState {
     }
 
     /// What the processing counter shows of the per-replica throughput at this poll.
-    fn evidence(&self, cfg: &DrainConfig, v: &View) -> Evidence {
+    fn evidence(&self, cfg: &DrainConfig, v: &View, guess: f64) -> Evidence {
         let Some(p) = v.processing else { return Evidence::default() };
         // ΔC/Δt over the long window, per replica: divided by the most replicas that may have
         // been ready then, it is a lower bound whatever the count did; a capacity only when the
@@ -428,7 +428,7 @@ impl DrainState {
             .map(|((p, (_, hi)), _)| p / f64::from(hi));
         let saturated_sample =
             behind.or(draining).or(learned.filter(|_| held && saturated(&self.ring, window, waiting)));
-        Evidence { saturated: saturated_sample, lower_bound: learned, held, guess: f64::INFINITY }
+        Evidence { saturated: saturated_sample, lower_bound: learned, held, guess }
     }
 
     /// `λ` over `w`: measured by the source, from its arrivals counter, or from the backlog.

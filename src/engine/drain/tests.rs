@@ -10,7 +10,7 @@ fn bounds(min: u32, max: u32, step: Option<u32>) -> Bounds {
         cooldown: Duration::from_secs(60),
         target: 50.0,
         stabilization: Duration::from_secs(300),
-        request_max: u32::MAX,
+        may_ask_past_max: true,
     }
 }
 
